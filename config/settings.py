@@ -1,0 +1,45 @@
+"""Pipeline settings, loaded once (CLI or deployment entry point) and passed down.
+
+Tasks receive the values they need as arguments; nothing below the flow reads the
+environment. The API key is a SecretStr: it never shows in a repr, a log line, a
+Prefect parameter or a table.
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stt.contract import DEFAULT_PRICES_USD_PER_MIN, MAX_UPLOAD_BYTES, WHISPER_LARGE_V3
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BULKSCRIBE_", env_file=".env", extra="ignore")
+
+    #: None: start the embedded server on loopback. Else e.g. https://nano-gpt.com/api
+    api_url: str | None = None
+    api_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("NANOGPT_API_KEY", "BULKSCRIBE_API_KEY"))
+
+    model: str = WHISPER_LARGE_V3
+    language: str = "auto"
+
+    #: Files up to this size go as direct multipart uploads.
+    max_direct_upload_bytes: int = MAX_UPLOAD_BYTES
+    #: Files per Prefect task: keeps a 100,000-file run at a few thousand task runs.
+    batch_size: int = 50
+    #: Requests in flight at once within a task.
+    concurrency: int = 4
+
+    max_attempts: int = 5
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    request_timeout_s: float = 1800.0
+
+    #: fsspec storage options for SOURCE and OUT (e.g. {"endpoint_url": ...} for S3).
+    storage_options: dict = Field(default_factory=dict)
+
+    #: Prices used for estimates and summaries when the API does not state a cost.
+    prices_usd_per_min: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_PRICES_USD_PER_MIN))
+
+    #: Extra BULKSCRIBE_SERVER_* settings for the embedded server (e.g. {"workers": "2"}).
+    embedded_server_env: dict[str, str] = Field(default_factory=dict)

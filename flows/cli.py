@@ -1,0 +1,91 @@
+"""`bulkscribe` command line: `run` (the flow) and `serve` (the embedded server).
+
+Settings are loaded here, once, from the environment / .env and the flags, and passed
+down to the flow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import UTC, datetime
+
+
+def _prefect_offline_defaults() -> None:
+    # Prefect's server otherwise phones home; these machines (and many users') are offline.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def _date(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bulkscribe", description="Audio archives to Parquet tables.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="transcribe every audio file under SOURCE into Parquet tables under OUT")
+    run.add_argument("source", help="folder, file or fsspec URL (s3://bucket/prefix)")
+    run.add_argument("--out", required=True, help="output folder or fsspec URL")
+    run.add_argument("--model", help="Whisper-Large-V3 (default), Wizper, Elevenlabs-STT")
+    run.add_argument("--language", help="ISO 639-1/639-3 code, or auto (default)")
+    run.add_argument("--api-url", help="API base URL, e.g. https://nano-gpt.com/api; key from NANOGPT_API_KEY. "
+                                       "Default: start the embedded server on loopback")
+    run.add_argument("--batch-size", type=int, help="files per Prefect task (default 50)")
+    run.add_argument("--concurrency", type=int, help="requests in flight per task (default 4)")
+    run.add_argument("--include", action="append", default=[], help="glob on the path under SOURCE (repeatable)")
+    run.add_argument("--exclude", action="append", default=[], help="glob to skip (repeatable)")
+    run.add_argument("--modified-since", type=_date, help="only files modified at or after (ISO date/time)")
+    run.add_argument("--modified-before", type=_date, help="only files modified before (ISO date/time)")
+    run.add_argument("--max-files", type=int, help="stop discovery after this many files")
+
+    serve = sub.add_parser("serve", help="run the embedded NanoGPT-compatible server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--api-key", help="key to accept (or BULKSCRIBE_SERVER_BOOTSTRAP_KEY)")
+    serve.add_argument("--balance", type=float, default=10.0, help="USD balance a new key starts with")
+    serve.add_argument("--db", help="SQLite file for keys, balances, charges and jobs")
+    serve.add_argument("--model-dir", help="CTranslate2 Whisper dir or hub id (default: bundled Whisper base)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        from stt.server.__main__ import main as serve_main
+
+        forwarded = ["--host", args.host, "--port", str(args.port), "--balance", str(args.balance)]
+        for flag, value in (("--api-key", args.api_key), ("--db", args.db), ("--model-dir", args.model_dir)):
+            if value:
+                forwarded += [flag, value]
+        return serve_main(forwarded)
+
+    _prefect_offline_defaults()
+    from config.settings import Settings
+    from flows.transcribe_archive import RunAborted, transcribe_archive
+    from tasks.sources import DiscoveryFilter
+
+    overrides = {k: v for k, v in {
+        "api_url": args.api_url, "model": args.model, "language": args.language,
+        "batch_size": args.batch_size, "concurrency": args.concurrency,
+    }.items() if v is not None}
+    settings = Settings(**overrides)
+    filters = DiscoveryFilter(
+        include=tuple(args.include), exclude=tuple(args.exclude), modified_since=args.modified_since,
+        modified_before=args.modified_before, max_files=args.max_files,
+    )
+    try:
+        summary = transcribe_archive(args.source, args.out, settings=settings, filters=filters)
+    except RunAborted as exc:
+        print(f"bulkscribe: {exc}", file=sys.stderr)
+        return 2
+    print(summary.render())
+    return 1 if summary.failed and not summary.transcribed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

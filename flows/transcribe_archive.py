@@ -1,0 +1,150 @@
+"""The main flow: an audio archive in, Parquet tables out.
+
+discover (streaming) -> skip what OUT already holds for the same fingerprint, model and
+options -> batches of files -> one `transcribe_batch` task per batch (a bounded window of
+batches in flight, so memory stays flat however large the archive) -> summary.
+
+Without an API URL the flow starts the embedded server on a free loopback port with a
+fresh random key and stops it at the end; with one, it uses the key from the settings
+(NANOGPT_API_KEY), which never reaches a log line, a Prefect parameter or a table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from prefect import flow, get_run_logger
+from prefect.futures import PrefectFuture
+from pydantic import SecretStr
+
+from config.settings import Settings
+from stt import errors
+from tasks import tables
+from tasks.sources import DiscoveryFilter, discover
+from tasks.transcribe import BatchConfig, BatchResult, Endpoint, JobOptions, RetryPolicy, transcribe_batch
+
+
+class RunAborted(RuntimeError):
+    """The run cannot go on (bad key, no money...): nothing more is sent."""
+
+
+@dataclass
+class RunSummary:
+    seen: int = 0
+    transcribed: int = 0
+    skipped: int = 0
+    failed: int = 0
+    audio_minutes: float = 0.0
+    cost: float = 0.0
+    run_id: str = ""
+    out: str = ""
+    failures: list[str] = field(default_factory=list)
+
+    def add(self, r: BatchResult) -> None:
+        self.transcribed += r.transcribed
+        self.failed += r.failed
+        self.audio_minutes += r.audio_s / 60.0
+        self.cost += r.cost
+        self.failures.extend(r.failures)
+
+    def render(self) -> str:
+        lines = [
+            f"bulkscribe run {self.run_id[:8]} -> {self.out}",
+            f"  files seen:    {self.seen}",
+            f"  transcribed:   {self.transcribed}",
+            f"  skipped:       {self.skipped} (already transcribed with the same model and options)",
+            f"  failed:        {self.failed}",
+            f"  audio minutes: {self.audio_minutes:.2f}",
+            f"  cost:          {self.cost:.6f} USD",
+        ]
+        lines += [f"  ! {f}" for f in self.failures[:20]]
+        if len(self.failures) > 20:
+            lines.append(f"  ! ... and {len(self.failures) - 20} more (see {self.out}/failures)")
+        return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def api_endpoint(settings: Settings) -> Iterator[Endpoint]:
+    """The hosted (or any) API when a URL is configured, else the embedded server."""
+    if settings.api_url:
+        if settings.api_key is None or not settings.api_key.get_secret_value():
+            raise RunAborted(f"an API URL is set ({settings.api_url}) but no key: set NANOGPT_API_KEY")
+        yield Endpoint(settings.api_url, settings.api_key, settings.request_timeout_s)
+        return
+    from stt.server.launcher import EmbeddedServer
+
+    with EmbeddedServer(env=settings.embedded_server_env) as server:
+        yield Endpoint(server.api_url, SecretStr(server.api_key), settings.request_timeout_s)
+
+
+def _check_access(endpoint: Endpoint) -> float:
+    """Fail fast on a bad key before any file is sent; returns the USD balance."""
+
+    async def check() -> float:
+        async with endpoint.client() as client:
+            return float((await client.balance()).usd_balance)
+
+    try:
+        return asyncio.run(check())
+    except errors.Unauthorized as exc:
+        raise RunAborted(f"the API rejected the key ({exc.message}); nothing was sent") from None
+    except errors.STTError as exc:
+        raise RunAborted(f"cannot reach the API at {endpoint.url}: {exc}") from None
+
+
+@flow(name="transcribe_archive")
+def transcribe_archive(source: str, out: str, settings: Settings | None = None,
+                       filters: DiscoveryFilter | None = None, parallel_batches: int = 2) -> RunSummary:
+    settings = settings or Settings()
+    logger = get_run_logger()
+    run_id = _run_id()
+    options = JobOptions(model=settings.model, language=settings.language)
+    summary = RunSummary(run_id=run_id, out=out)
+    done = tables.done_request_keys(out, settings.storage_options)
+    logger.info("%d file(s) already transcribed under %s", len(done), out)
+
+    with api_endpoint(settings) as endpoint:
+        balance = _check_access(endpoint)
+        logger.info("API %s reachable, balance %.4f USD", endpoint.url, balance)
+        cfg = BatchConfig(
+            out=out, run_id=run_id, options=options, endpoint=endpoint,
+            retry=RetryPolicy(settings.max_attempts, settings.backoff_base_s, settings.backoff_max_s),
+            concurrency=settings.concurrency, max_direct_upload_bytes=settings.max_direct_upload_bytes,
+            storage_options=settings.storage_options,
+        )
+        in_flight: list[PrefectFuture] = []
+        batch: list = []
+        batch_no = 0
+
+        def flush() -> None:
+            nonlocal batch, batch_no
+            if batch:
+                in_flight.append(transcribe_batch.submit(batch, cfg, batch_no))
+                batch, batch_no = [], batch_no + 1
+            while len(in_flight) >= parallel_batches:
+                summary.add(in_flight.pop(0).result())
+
+        for f in discover(source, filters or DiscoveryFilter(), settings.storage_options):
+            summary.seen += 1
+            if options.request_key(f.fingerprint) in done:
+                summary.skipped += 1
+                continue
+            batch.append(f)
+            if len(batch) >= settings.batch_size:
+                flush()
+        flush()
+        for fut in in_flight:
+            summary.add(fut.result())
+
+    logger.info("%s", summary.render())
+    return summary
+
+
+def _run_id() -> str:
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id or uuid.uuid4())
