@@ -14,7 +14,7 @@ from stt.contract import DEFAULT_PRICES_USD_PER_MIN, MAX_UPLOAD_BYTES, WHISPER_L
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="BULKSCRIBE_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="BULKSCRIBE_", env_file=".env", extra="ignore", populate_by_name=True)
 
     #: None: start the embedded server on loopback. Else e.g. https://nano-gpt.com/api
     api_url: str | None = None

