@@ -22,6 +22,15 @@ class Settings(BaseSettings):
 
     model: str = WHISPER_LARGE_V3
     language: str = "auto"
+    #: Speaker diarization and audio-event tags (Elevenlabs-STT only).
+    diarize: bool = False
+    tag_audio_events: bool = False
+
+    #: The API answers a repeated Idempotency-Key without charging again (true of the
+    #: embedded server, which is used so automatically; the hosted API documents no such key).
+    api_idempotency_keys: bool = False
+    #: Re-send requests whose answer was lost even when the API cannot de-duplicate them.
+    resend_unknown: bool = False
 
     #: Files up to this size go as direct multipart uploads.
     max_direct_upload_bytes: int = MAX_UPLOAD_BYTES

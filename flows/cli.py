@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--modified-since", type=_date, help="only files modified at or after (ISO date/time)")
     run.add_argument("--modified-before", type=_date, help="only files modified before (ISO date/time)")
     run.add_argument("--max-files", type=int, help="stop discovery after this many files")
+    run.add_argument("--diarize", action="store_true", default=None, help="speaker diarization (Elevenlabs-STT)")
+    run.add_argument("--tag-audio-events", action="store_true", default=None,
+                     help="tag non-speech events such as (music) (Elevenlabs-STT)")
+    run.add_argument("--resend-unknown", action="store_true", default=None,
+                     help="re-send requests whose answer was lost in an earlier run (may pay twice)")
 
     serve = sub.add_parser("serve", help="run the embedded NanoGPT-compatible server")
     serve.add_argument("--host", default="127.0.0.1")
@@ -71,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = {k: v for k, v in {
         "api_url": args.api_url, "model": args.model, "language": args.language,
-        "batch_size": args.batch_size, "concurrency": args.concurrency,
+        "batch_size": args.batch_size, "concurrency": args.concurrency, "diarize": args.diarize,
+        "tag_audio_events": args.tag_audio_events, "resend_unknown": args.resend_unknown,
     }.items() if v is not None}
     settings = Settings(**overrides)
     filters = DiscoveryFilter(

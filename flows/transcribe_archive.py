@@ -24,6 +24,7 @@ from pydantic import SecretStr
 from config.settings import Settings
 from stt import errors
 from tasks import tables
+from tasks.ledger import Ledger
 from tasks.sources import DiscoveryFilter, discover
 from tasks.transcribe import BatchConfig, BatchResult, Endpoint, JobOptions, RetryPolicy, transcribe_batch
 
@@ -38,15 +39,19 @@ class RunSummary:
     transcribed: int = 0
     skipped: int = 0
     failed: int = 0
+    not_sent: int = 0
     audio_minutes: float = 0.0
     cost: float = 0.0
     run_id: str = ""
     out: str = ""
     failures: list[str] = field(default_factory=list)
+    stop_reason: str | None = None
 
     def add(self, r: BatchResult) -> None:
         self.transcribed += r.transcribed
         self.failed += r.failed
+        self.not_sent += r.not_sent
+        self.stop_reason = self.stop_reason or r.stop_reason
         self.audio_minutes += r.audio_s / 60.0
         self.cost += r.cost
         self.failures.extend(r.failures)
@@ -58,6 +63,7 @@ class RunSummary:
             f"  transcribed:   {self.transcribed}",
             f"  skipped:       {self.skipped} (already transcribed with the same model and options)",
             f"  failed:        {self.failed}",
+            *([f"  not sent:      {self.not_sent} (run stopped: {self.stop_reason})"] if self.stop_reason else []),
             f"  audio minutes: {self.audio_minutes:.2f}",
             f"  cost:          {self.cost:.6f} USD",
         ]
@@ -73,12 +79,13 @@ def api_endpoint(settings: Settings) -> Iterator[Endpoint]:
     if settings.api_url:
         if settings.api_key is None or not settings.api_key.get_secret_value():
             raise RunAborted(f"an API URL is set ({settings.api_url}) but no key: set NANOGPT_API_KEY")
-        yield Endpoint(settings.api_url, settings.api_key, settings.request_timeout_s)
+        yield Endpoint(settings.api_url, settings.api_key, settings.request_timeout_s,
+                       idempotent=settings.api_idempotency_keys)
         return
     from stt.server.launcher import EmbeddedServer
 
     with EmbeddedServer(env=settings.embedded_server_env) as server:
-        yield Endpoint(server.api_url, SecretStr(server.api_key), settings.request_timeout_s)
+        yield Endpoint(server.api_url, SecretStr(server.api_key), settings.request_timeout_s, idempotent=True)
 
 
 def _check_access(endpoint: Endpoint) -> float:
@@ -109,10 +116,17 @@ def transcribe_archive(source: str, out: str, settings: Settings | None = None,
         settings = settings.model_copy(update=overrides)
     logger = get_run_logger()
     run_id = _run_id()
-    options = JobOptions(model=settings.model, language=settings.language)
+    options = JobOptions(model=settings.model, language=settings.language, diarize=settings.diarize,
+                         tag_audio_events=settings.tag_audio_events)
     summary = RunSummary(run_id=run_id, out=out)
     done = tables.done_request_keys(out, settings.storage_options)
-    logger.info("%d file(s) already transcribed under %s", len(done), out)
+    ledger = Ledger(out, settings.storage_options)
+    outstanding = ledger.outstanding()
+    stale = [k for k in outstanding if k in done]  # result written, entry not yet cleared
+    ledger.clear(stale)
+    outstanding = {k: v for k, v in outstanding.items() if k not in done}
+    logger.info("%d file(s) already transcribed under %s; %d request(s) outstanding from earlier runs",
+                len(done), out, len(outstanding))
 
     with api_endpoint(settings) as endpoint:
         balance = _check_access(endpoint)
@@ -121,7 +135,8 @@ def transcribe_archive(source: str, out: str, settings: Settings | None = None,
             out=out, run_id=run_id, options=options, endpoint=endpoint,
             retry=RetryPolicy(settings.max_attempts, settings.backoff_base_s, settings.backoff_max_s),
             concurrency=settings.concurrency, max_direct_upload_bytes=settings.max_direct_upload_bytes,
-            storage_options=settings.storage_options,
+            storage_options=settings.storage_options, outstanding=outstanding,
+            resend_unknown=settings.resend_unknown,
         )
         in_flight: list[PrefectFuture] = []
         batch: list = []
@@ -136,6 +151,9 @@ def transcribe_archive(source: str, out: str, settings: Settings | None = None,
                 summary.add(in_flight.pop(0).result())
 
         for f in discover(source, filters or DiscoveryFilter(), settings.storage_options):
+            if summary.stop_reason:
+                logger.error("stopping: %s", summary.stop_reason)
+                break
             summary.seen += 1
             if options.request_key(f.fingerprint) in done:
                 summary.skipped += 1

@@ -163,10 +163,12 @@ class STTClient:
                     **kwargs: Any):
         try:
             response = await self._http.post(path, headers=headers, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise errors.TimeoutError_(f"{type(exc).__name__} talking to {self.base_url}") from exc
-        except httpx.TransportError as exc:  # connect errors, resets, protocol errors
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:  # nothing was sent
             raise errors.ConnectError(f"{type(exc).__name__}: {exc} ({self.base_url})") from exc
+        except httpx.TimeoutException as exc:  # sent (at least partly), no answer
+            raise errors.TimeoutError_(f"{type(exc).__name__} talking to {self.base_url}", maybe_sent=True) from exc
+        except httpx.TransportError as exc:  # connection lost mid-request
+            raise errors.ConnectError(f"{type(exc).__name__}: {exc} ({self.base_url})", maybe_sent=True) from exc
         body: Any
         try:
             body = response.json()

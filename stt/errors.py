@@ -17,12 +17,15 @@ class STTError(Exception):
     """Base of every error raised by the client."""
 
     def __init__(self, message: str, *, status_code: int | None = None, code: str | None = None,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, maybe_sent: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.status_code = status_code
         self.code = code  # machine-readable reason when the server gives one
         self.retry_after = retry_after
+        #: The request may have reached the server and been acted on (and paid for),
+        #: though no answer came back: a read timeout or a connection lost mid-request.
+        self.maybe_sent = maybe_sent
 
     @property
     def kind(self) -> str:

@@ -19,7 +19,8 @@ from flows.transcribe_archive import RunAborted, transcribe_archive
 from stt.client import STTClient
 from tasks import tables
 from tasks.sources import discover
-from tasks.transcribe import BatchConfig, Endpoint, JobOptions, RetryPolicy, _transcribe_one
+from tasks.ledger import Ledger
+from tasks.transcribe import BatchConfig, Endpoint, JobOptions, RetryPolicy, _Stop, transcribe_one
 from tests.conftest import REPO, audio_file
 
 
@@ -142,28 +143,32 @@ class FlakyTransport(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
-def _one(server, path: Path, transport, attempts=4):
+def _one(server, path: Path, transport, attempts=4, tmp_out=None, idempotent=True):
     f = next(discover(str(path)))
-    cfg = BatchConfig(out="unused", run_id="r", options=JobOptions(model="Wizper"),
-                      endpoint=Endpoint(server.api_url, SecretStr(server.api_key)),
+    out = str(tmp_out or path.parent / "out")
+    cfg = BatchConfig(out=out, run_id="r", options=JobOptions(model="Wizper"),
+                      endpoint=Endpoint(server.api_url, SecretStr(server.api_key), idempotent=idempotent),
                       retry=RetryPolicy(max_attempts=attempts, base_s=0.01, max_s=0.05))
 
     async def go():
         async with STTClient(server.api_url, server.api_key, transport=transport) as c:
-            return await _transcribe_one(c, f, cfg)
+            return await transcribe_one(c, f, cfg, Ledger(out), _Stop())
 
-    return asyncio.run(go())
+    outcome = asyncio.run(go())
+    if outcome.transcript is not None:
+        return "transcripts", outcome.transcript
+    return "failures", outcome.failure
 
 
-def test_transient_errors_are_retried_then_succeed(server):
+def test_transient_errors_are_retried_then_succeed(server, tmp_path):
     flaky = FlakyTransport(fail=2)
-    table, row = _one(server, audio_file("timit_LDC93S1.wav"), flaky)
+    table, row = _one(server, audio_file("timit_LDC93S1.wav"), flaky, tmp_out=tmp_path)
     assert table == "transcripts" and flaky.sent == 3
 
 
-def test_transient_errors_give_up_after_max_attempts(server):
+def test_transient_errors_give_up_after_max_attempts(server, tmp_path):
     flaky = FlakyTransport(fail=99)
-    table, row = _one(server, audio_file("timit_LDC93S1.wav"), flaky, attempts=3)
+    table, row = _one(server, audio_file("timit_LDC93S1.wav"), flaky, attempts=3, tmp_out=tmp_path)
     assert table == "failures" and flaky.sent == 3
     assert row["error_kind"] == "transient" and row["attempts"] == 3 and row["status_code"] == 503
 
@@ -172,7 +177,7 @@ def test_permanent_errors_are_not_retried(server, tmp_path):
     bad = tmp_path / "bad.mp3"
     bad.write_bytes(b"ID3" + b"\x00" * 5000)
     flaky = FlakyTransport(fail=0)
-    table, row = _one(server, bad, flaky)
+    table, row = _one(server, bad, flaky, tmp_out=tmp_path / "out")
     assert table == "failures" and flaky.sent == 1 and row["status_code"] == 400
 
 

@@ -18,10 +18,14 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -38,13 +42,16 @@ from stt.contract import (
     SPEC_MODELS,
     SYNC_MODELS,
     WIZPER,
+    AsyncJob,
     BalanceResponse,
     Metadata,
     TranscribeJsonRequest,
+    StatusRequest,
     TranscribeResponse,
     normalize_language,
 )
 from stt.server.engine import AudioDecodeError, Engine, decode
+from stt.server.jobs import JobRunner
 from stt.server.settings import ServerSettings
 from stt.server.store import MICRO, InsufficientBalance, Store, hash_key
 
@@ -76,6 +83,7 @@ class TranscribeParams:
     tag_audio_events: bool
     actual_duration_min: float | None
     file_name: str | None
+    num_speakers: int | None = None
 
 
 class Admission:
@@ -86,7 +94,7 @@ class Admission:
     """
 
     def __init__(self, workers: int, max_queue: int) -> None:
-        self._slots = asyncio.Semaphore(workers)
+        self.slots = asyncio.Semaphore(workers)  # shared with the asynchronous job workers
         self._capacity = workers + max_queue
         self._inside = 0
 
@@ -97,7 +105,7 @@ class Admission:
                            {"Retry-After": str(retry_after_s)})
         self._inside += 1
         try:
-            async with self._slots:
+            async with self.slots:
                 yield
         finally:
             self._inside -= 1
@@ -112,15 +120,23 @@ def create_app(settings: ServerSettings | None = None, *, store: Store | None = 
     for key, balance in (api_keys or {}).items():
         store.ensure_key(key, balance)
     admission = Admission(settings.workers, settings.max_queue)
+    jobs_dir = settings.jobs_dir or Path(settings.db_path).with_name(Path(settings.db_path).stem + "-jobs")
+    runner: JobRunner | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        nonlocal runner
         # Load the weights before accepting traffic: the first request should not pay
         # for it, and a bad model dir should stop the server, not fail every request.
         await anyio.to_thread.run_sync(engine.load)
+        jobs_dir.mkdir(parents=True, exist_ok=True)
+        runner = JobRunner(store, engine, admission.slots, lambda: engine.weights_name,
+                           retention=timedelta(hours=settings.job_retention_hours))
+        await runner.start(settings.workers)
         log.info("ready: weights %s, %d worker(s), queue %d", engine.weights_name, settings.workers,
                  settings.max_queue)
         yield
+        await runner.stop()
 
     app = FastAPI(title="bulkscribe embedded transcription server", lifespan=lifespan)
     app.state.settings, app.state.store, app.state.engine = settings, store, engine
@@ -184,8 +200,16 @@ def create_app(settings: ServerSettings | None = None, *, store: Store | None = 
             actual_min = float(actual) if actual not in (None, "") else None
         except (TypeError, ValueError):
             raise APIError(400, f"actualDuration must be a number of minutes, got {actual!r}") from None
+        hint = fields.get("numSpeakers", fields.get("num_speakers"))
+        try:
+            num_speakers = int(hint) if hint not in (None, "") else None
+        except (TypeError, ValueError):
+            raise APIError(400, f"numSpeakers must be a whole number, got {hint!r}") from None
+        if num_speakers is not None and not 1 <= num_speakers <= 32:
+            raise APIError(400, "numSpeakers must be between 1 and 32")
         return TranscribeParams(model, language, _flag(fields.get("diarize"), "diarize"),
-                                _flag(fields.get("tagAudioEvents"), "tagAudioEvents"), actual_min, file_name)
+                                _flag(fields.get("tagAudioEvents"), "tagAudioEvents"), actual_min, file_name,
+                                num_speakers)
 
     async def read_request(request: Request) -> tuple[TranscribeParams, str, int]:
         """Parse either request form into params and a temp file holding the audio."""
@@ -328,13 +352,64 @@ def create_app(settings: ServerSettings | None = None, *, store: Store | None = 
         previous = store.previous_answer(key_hash, idem)
         if previous and "sync" in previous:
             return JSONResponse(previous["sync"], headers={"Idempotent-Replayed": "true"})
+        if previous and previous.get("run_id"):
+            job = store.get_job(previous["run_id"])
+            if job is not None:
+                return JSONResponse(accepted_body(job), status_code=202, headers={"Idempotent-Replayed": "true"})
         params, path, size = await read_request(request)
         try:
             if params.model in SYNC_MODELS:
                 return await run_sync(key_hash, params, path, size, idem)
-            raise APIError(400, f"model {params.model} is not available on this server")
+            return await submit_job(key_hash, params, path, size, idem)
         finally:
             _unlink(path)
+
+    async def submit_job(key_hash: str, params: TranscribeParams, path: str, size: int, idem: str | None):
+        """Price from the decoded duration, charge and persist the job, answer 202 at once."""
+        try:
+            audio = await anyio.to_thread.run_sync(decode, path)
+        except AudioDecodeError as exc:
+            raise APIError(400, str(exc)) from None
+        duration_s = len(audio) / 16_000
+        del audio
+        cost = price_micro(params.model, duration_s)
+        kept = jobs_dir / f"{uuid.uuid4().hex}.audio"
+        shutil.move(path, kept)  # the temp dir may be on another filesystem
+        job_params = {"language": params.language, "diarize": params.diarize,
+                      "tag_audio_events": params.tag_audio_events, "num_speakers": params.num_speakers}
+        try:
+            run_id = store.create_job(key_hash, model=params.model, params=job_params, audio_path=str(kept),
+                                      file_name=params.file_name, file_size=size, duration_s=duration_s,
+                                      cost_micro=cost, idempotency_key=idem)
+        except InsufficientBalance as exc:
+            _unlink(str(kept))
+            raise APIError(402, str(exc)) from None
+        runner.submit(run_id)
+        return JSONResponse(accepted_body(store.get_job(run_id)), status_code=202)
+
+    def accepted_body(job) -> dict:
+        return AsyncJob(
+            runId=job.run_id, status=job.status, model=job.model, cost=job.cost_micro / MICRO, paymentSource="USD",
+            isApiRequest=True, fileName=job.file_name, fileSize=job.file_size,
+            chargedDuration=round((job.duration_s or 0) / 60.0, 6), diarize=bool(job.params.get("diarize")),
+        ).model_dump(exclude_none=True)
+
+    @app.post("/api/transcribe/status")
+    async def transcribe_status(request: Request):
+        key_hash = authenticate(request)
+        try:
+            body = await request.json()
+            req = StatusRequest.model_validate(body)
+        except Exception:
+            raise APIError(400, "missing runId: send the JSON fields of the 202 answer, runId at least") from None
+        job = store.get_job(req.runId)
+        if job is None or job.key_hash != key_hash:  # another key's job is none of this caller's business
+            raise APIError(404, f"transcription job {req.runId} not found")
+        if job.status == "completed":
+            return job.result
+        if job.status == "failed":
+            return {"status": "failed", "error": job.error or "failed"}
+        return {"status": job.status}
 
     async def run_sync(key_hash: str, params: TranscribeParams, path: str, size: int, idem: str | None):
         async with admission.enter(settings.retry_after_s):
@@ -361,7 +436,7 @@ def create_app(settings: ServerSettings | None = None, *, store: Store | None = 
         return JSONResponse(body)
 
     def _async_models_served() -> tuple[str, ...]:
-        return ()
+        return ASYNC_MODELS
 
     return app
 

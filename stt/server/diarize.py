@@ -74,9 +74,11 @@ class DiarizerConfig:
     window_s: float = 1.5
     step_s: float = 0.25
     min_window_s: float = 0.5  # regions shorter than this get no embedding of their own
+    cluster_window_s: float | None = 2.5  # longer windows for finding the speakers (None = use window_s)
+    cluster_step_s: float = 0.75
     # clustering
     distance_threshold: float = 0.30  # cosine distance, average linkage
-    merge_similarity: float = 0.80  # merge clusters whose centroids are more similar (cosine)
+    merge_similarity: float = 1.01  # merge clusters whose centroids are more similar (cosine); >1 = off
     max_speakers: int = 8
     min_cluster_s: float = 2.0  # clusters with less windowed speech than this are dissolved
     # smoothing
@@ -196,11 +198,14 @@ def _normalize_volume(audio: np.ndarray, regions: list[tuple[float, float]], tar
     return (audio * gain).astype(np.float32)
 
 
-def _windows(regions: list[tuple[float, float]], cfg: DiarizerConfig) -> list[tuple[int, int]]:
-    """Embedding windows as (start_frame, end_frame), inside the speech regions."""
-    w = int(round(cfg.window_s * _FPS))
-    step = max(1, int(round(cfg.step_s * _FPS)))
-    min_w = int(round(cfg.min_window_s * _FPS))
+def _windows(regions: list[tuple[float, float]], window_s: float, step_s: float, min_window_s: float) -> list[tuple[int, int]]:
+    """Embedding windows as (start_frame, end_frame), inside the speech regions.
+
+    Regions shorter than window_s get one window of their own length (if >= min_window_s).
+    """
+    w = int(round(window_s * _FPS))
+    step = max(1, int(round(step_s * _FPS)))
+    min_w = int(round(min_window_s * _FPS))
     out: list[tuple[int, int]] = []
     for s, e in regions:
         a, b = int(round(s * _FPS)), int(round(e * _FPS))
@@ -305,25 +310,35 @@ class Diarizer:
 
     # ---- diarization
 
-    def embed_windows(self, audio: np.ndarray, regions: list[tuple[float, float]]) -> tuple[list[tuple[int, int]], np.ndarray]:
-        """Sliding-window speaker embeddings: ([(start_frame, end_frame)], (n, 256) array)."""
-        audio = _normalize_volume(audio, regions)
-        mel = mel_power(audio)
-        wins = [(a, min(b, len(mel))) for a, b in _windows(regions, self.config) if min(b, len(mel)) > a]
-        if not wins:
-            return [], np.zeros((0, 256), np.float32)
+    def features(self, audio: np.ndarray, regions: list[tuple[float, float]]) -> np.ndarray:
+        """Mel power frames of the volume-normalised audio."""
+        return mel_power(_normalize_volume(audio, regions))
+
+    def embed(self, mel: np.ndarray, wins: list[tuple[int, int]]) -> np.ndarray:
+        """(n, 256) speaker embeddings of the mel windows [(start_frame, end_frame)]."""
         emb = np.zeros((len(wins), 256), np.float32)
+        if not wins:
+            return emb
         by_len: dict[int, list[int]] = {}
         for i, (a, b) in enumerate(wins):
             by_len.setdefault(b - a, []).append(i)
         with self._lock:
             enc = self._get_encoder()
-            for length, idx in by_len.items():
-                for k in range(0, len(idx), 256):
-                    chunk = idx[k : k + 256]
-                    batch = np.stack([mel[wins[i][0] : wins[i][1]] for i in chunk])
-                    emb[chunk] = enc.embed(batch)
-        return wins, emb
+            for idx in by_len.values():
+                for k in range(0, len(idx), 128):
+                    chunk = idx[k : k + 128]
+                    emb[chunk] = enc.embed(np.stack([mel[wins[i][0] : wins[i][1]] for i in chunk]))
+        return emb
+
+    def embed_windows(
+        self, audio: np.ndarray, regions: list[tuple[float, float]], window_s: float | None = None, step_s: float | None = None
+    ) -> tuple[list[tuple[int, int]], np.ndarray]:
+        """Sliding-window speaker embeddings: ([(start_frame, end_frame)], (n, 256) array)."""
+        cfg = self.config
+        mel = self.features(audio, regions)
+        wins = _windows(regions, window_s or cfg.window_s, step_s or cfg.step_s, cfg.min_window_s)
+        wins = [(a, min(b, len(mel))) for a, b in wins if min(b, len(mel)) > a]
+        return wins, self.embed(mel, wins)
 
     def cluster(self, emb: np.ndarray, wins: list[tuple[int, int]], num_speakers: int | None = None) -> np.ndarray:
         """Window embeddings -> cluster label per window (0..k-1).
@@ -342,9 +357,15 @@ class Diarizer:
         labels = _relabel(_average_linkage(emb, cfg.distance_threshold, None))
         if target is not None and labels.max() + 1 < target:
             labels = _relabel(_average_linkage(emb, None, target))
-        # speech seconds a window stands for (windows overlap, so count one step each)
-        step = max(1, int(round(cfg.step_s * _FPS)))
-        dur = np.array([min(b - a, step) for a, b in wins], dtype=float) / _FPS
+        w_arr = np.asarray(wins, dtype=int).reshape(-1, 2)
+        n_frames = int(w_arr[:, 1].max()) + 1
+
+        def covered_seconds(mask: np.ndarray) -> float:
+            """Speech time covered by the windows in mask (windows overlap: union of frames)."""
+            cov = np.zeros(n_frames + 1, dtype=np.int32)
+            np.add.at(cov, w_arr[mask, 0], 1)
+            np.add.at(cov, w_arr[mask, 1], -1)
+            return float((np.cumsum(cov) > 0).sum()) / _FPS
 
         def centroids(lab: np.ndarray) -> np.ndarray:
             c = np.stack([emb[lab == i].mean(0) for i in range(lab.max() + 1)])
@@ -356,7 +377,7 @@ class Diarizer:
             floor = 1 if target is None else target
             if k > floor:
                 # 1. dissolve the smallest cluster if it has too little speech
-                speech = np.array([dur[labels == i].sum() for i in range(k)])
+                speech = np.array([covered_seconds(labels == i) for i in range(k)])
                 small = int(np.argmin(speech))
                 if speech[small] < cfg.min_cluster_s:
                     others = np.delete(np.arange(k), small)
@@ -404,7 +425,14 @@ class Diarizer:
         if not regions:
             return []
 
-        wins, emb = self.embed_windows(audio, regions)
+        mel = self.features(audio, regions)
+
+        def windows(window_s: float, step_s: float) -> list[tuple[int, int]]:
+            ws = _windows(regions, window_s, step_s, cfg.min_window_s)
+            return [(a, min(b, len(mel))) for a, b in ws if min(b, len(mel)) > a]
+
+        wins = windows(cfg.window_s, cfg.step_s)
+        emb = self.embed(mel, wins)
         speech = np.zeros(total_frames, dtype=bool)
         for s, e in regions:
             speech[int(round(s * _FPS)) : int(round(e * _FPS))] = True
@@ -412,7 +440,17 @@ class Diarizer:
         if len(wins) == 0:
             labels_f = np.where(speech, 0, -1)
         else:
-            wl = self.cluster(emb, wins, num_speakers)
+            if cfg.cluster_window_s and cfg.cluster_window_s > cfg.window_s:
+                # speakers are found on long windows (less noisy), then every short window
+                # is given the nearest of their centroids
+                lwins = windows(cfg.cluster_window_s, cfg.cluster_step_s)
+                lemb = self.embed(mel, lwins)
+                ll = self.cluster(lemb, lwins, num_speakers)
+                cent = np.stack([lemb[ll == i].mean(0) for i in range(ll.max() + 1)])
+                cent /= np.linalg.norm(cent, axis=1, keepdims=True) + 1e-8
+                wl = (emb @ cent.T).argmax(1)
+            else:
+                wl = self.cluster(emb, wins, num_speakers)
             k = int(wl.max()) + 1
             # per-frame score: sum of windows covering the frame, weighted towards window centres
             score = np.zeros((k, total_frames), dtype=np.float32)

@@ -47,6 +47,8 @@ class ServerSettings(BaseSettings):
 
     #: How long finished asynchronous jobs stay pollable.
     job_retention_hours: float = 72.0
+    #: Where queued jobs keep their audio until done (default: next to the database).
+    jobs_dir: Path | None = None
 
     def threads_per_worker(self) -> int:
         if self.cpu_threads > 0:

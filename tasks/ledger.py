@@ -1,0 +1,72 @@
+"""What was sent and not yet recorded: the pipeline's memory across crashes.
+
+One small JSON file per outstanding request under `OUT/_ledger/`, named by its request
+key and written before the request leaves (and, for asynchronous jobs, rewritten with
+the runId before polling starts). It is removed only after the result is safely in the
+tables. So after a crash, the entries left behind say exactly which files may have been
+paid for without a recorded result:
+
+- an asynchronous job with a runId: poll it again instead of submitting (and paying) again;
+- a synchronous request: re-sent only with the same idempotency key to an API that honours
+  it (the embedded server does), otherwise reported, not re-sent.
+
+Only outstanding requests have entries, so listing the folder at the start of a run is
+cheap even for a very large archive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import fsspec
+
+
+class Ledger:
+    def __init__(self, out: str, storage_options: dict | None = None) -> None:
+        self.fs, root = fsspec.core.url_to_fs(out, **(storage_options or {}))
+        self.root = root.rstrip("/") + "/_ledger"
+        self._local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+
+    def _path(self, key: str) -> str:
+        return f"{self.root}/{key}.json"
+
+    def outstanding(self) -> dict[str, dict[str, Any]]:
+        """Every entry left by earlier runs, by request key."""
+        if not self.fs.exists(self.root):
+            return {}
+        entries = {}
+        for path in self.fs.find(self.root):
+            name = path.rsplit("/", 1)[-1]
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            try:
+                entries[name[:-5]] = json.loads(self.fs.cat_file(path))
+            except (ValueError, OSError):
+                continue  # a torn entry from a crash mid-write: nothing usable in it
+        return entries
+
+    def write(self, key: str, entry: dict[str, Any]) -> None:
+        entry = {**entry, "updated_at": datetime.now(UTC).isoformat()}
+        data = json.dumps(entry, sort_keys=True).encode()
+        path = self._path(key)
+        if self._local:
+            os.makedirs(self.root, exist_ok=True)
+            tmp = f"{self.root}/.{key}.{uuid.uuid4().hex[:8]}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            self.fs.pipe_file(path, data)
+
+    def clear(self, keys: list[str]) -> None:
+        for key in keys:
+            try:
+                self.fs.rm_file(self._path(key))
+            except FileNotFoundError:
+                pass
