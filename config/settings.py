@@ -44,8 +44,20 @@ class Settings(BaseSettings):
     backoff_max_s: float = 60.0
     request_timeout_s: float = 1800.0
 
-    #: fsspec storage options for SOURCE and OUT (e.g. {"endpoint_url": ...} for S3).
+    #: fsspec storage options for SOURCE and OUT (e.g. {"endpoint_url": ...} for S3);
+    #: without them S3 honours AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ~/.aws/config...
     storage_options: dict = Field(default_factory=dict)
+
+    #: Large local files are copied here and sent as a presigned URL (e.g. s3://bucket/staging).
+    staging_url: str | None = None
+    presign_expires_s: int = 900
+    #: Longest chunk when a file must be split (at silences).
+    chunk_seconds: float = 600.0
+
+    #: Stop sending once the estimated cost of what was sent reaches this (USD).
+    budget_usd: float | None = None
+    #: Requests per second over the whole run (the hosted API allows 25).
+    requests_per_second: float | None = 20.0
 
     #: Prices used for estimates and summaries when the API does not state a cost.
     prices_usd_per_min: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_PRICES_USD_PER_MIN))

@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--diarize", action="store_true", default=None, help="speaker diarization (Elevenlabs-STT)")
     run.add_argument("--tag-audio-events", action="store_true", default=None,
                      help="tag non-speech events such as (music) (Elevenlabs-STT)")
+    run.add_argument("--dry-run", action="store_true", help="list what would be sent, how, and the estimated cost")
+    run.add_argument("--budget", type=float, help="stop sending once the estimated cost reaches this many USD")
+    run.add_argument("--staging-url", help="where large local files are staged for a presigned URL (s3://...)")
+    run.add_argument("--rps", type=float, help="requests per second over the whole run (default 20)")
     run.add_argument("--resend-unknown", action="store_true", default=None,
                      help="re-send requests whose answer was lost in an earlier run (may pay twice)")
 
@@ -80,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         "api_url": args.api_url, "model": args.model, "language": args.language,
         "batch_size": args.batch_size, "concurrency": args.concurrency, "diarize": args.diarize,
         "tag_audio_events": args.tag_audio_events, "resend_unknown": args.resend_unknown,
+        "budget_usd": args.budget, "staging_url": args.staging_url, "requests_per_second": args.rps,
     }.items() if v is not None}
     settings = Settings(**overrides)
     filters = DiscoveryFilter(
@@ -87,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         modified_before=args.modified_before, max_files=args.max_files,
     )
     try:
-        summary = transcribe_archive(args.source, args.out, settings=settings, filters=filters)
+        summary = transcribe_archive(args.source, args.out, settings=settings, filters=filters, dry_run=args.dry_run)
     except RunAborted as exc:
         print(f"bulkscribe: {exc}", file=sys.stderr)
         return 2

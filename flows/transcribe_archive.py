@@ -26,7 +26,17 @@ from stt import errors
 from tasks import tables
 from tasks.ledger import Ledger
 from tasks.sources import DiscoveryFilter, discover
-from tasks.transcribe import BatchConfig, BatchResult, Endpoint, JobOptions, RetryPolicy, transcribe_batch
+from stt.client import RateLimiter
+from tasks.transcribe import (
+    BatchConfig,
+    BatchResult,
+    Budget,
+    Endpoint,
+    JobOptions,
+    RetryPolicy,
+    plan_upload,
+    transcribe_batch,
+)
 
 
 class RunAborted(RuntimeError):
@@ -41,6 +51,8 @@ class RunSummary:
     failed: int = 0
     not_sent: int = 0
     audio_minutes: float = 0.0
+    estimated_cost: float = 0.0  # dry run: what sending the files would cost
+    dry_run: bool = False
     cost: float = 0.0
     run_id: str = ""
     out: str = ""
@@ -57,6 +69,17 @@ class RunSummary:
         self.failures.extend(r.failures)
 
     def render(self) -> str:
+        if self.dry_run:
+            return "\n".join([
+                f"bulkscribe dry run -> {self.out} (nothing sent)",
+                f"  files seen:     {self.seen}",
+                f"  would send:     {self.seen - self.skipped - self.failed}",
+                f"  skipped:        {self.skipped} (already transcribed with the same model and options)",
+                f"  unreadable:     {self.failed}",
+                f"  audio minutes:  {self.audio_minutes:.2f}",
+                f"  estimated cost: {self.estimated_cost:.6f} USD",
+                *[f"  ! {x}" for x in self.failures[:20]],
+            ])
         lines = [
             f"bulkscribe run {self.run_id[:8]} -> {self.out}",
             f"  files seen:    {self.seen}",
@@ -109,7 +132,7 @@ def _check_access(endpoint: Endpoint) -> float:
 @flow(name="transcribe_archive", validate_parameters=False)
 def transcribe_archive(source: str, out: str, settings: Settings | None = None,
                        filters: DiscoveryFilter | None = None, parallel_batches: int = 2,
-                       model: str | None = None, language: str | None = None) -> RunSummary:
+                       model: str | None = None, language: str | None = None, dry_run: bool = False) -> RunSummary:
     settings = settings or Settings()
     overrides = {k: v for k, v in {"model": model, "language": language}.items() if v}
     if overrides:
@@ -127,17 +150,28 @@ def transcribe_archive(source: str, out: str, settings: Settings | None = None,
     outstanding = {k: v for k, v in outstanding.items() if k not in done}
     logger.info("%d file(s) already transcribed under %s; %d request(s) outstanding from earlier runs",
                 len(done), out, len(outstanding))
+    base_cfg = dict(
+        out=out, run_id=run_id, options=options,
+        retry=RetryPolicy(settings.max_attempts, settings.backoff_base_s, settings.backoff_max_s),
+        concurrency=settings.concurrency, max_direct_upload_bytes=settings.max_direct_upload_bytes,
+        storage_options=settings.storage_options, outstanding=outstanding, resend_unknown=settings.resend_unknown,
+        prices_usd_per_min=settings.prices_usd_per_min, staging_url=settings.staging_url,
+        presign_expires_s=settings.presign_expires_s, chunk_seconds=settings.chunk_seconds,
+    )
+    if dry_run:
+        return _dry_run(source, filters, settings, options, done, summary, base_cfg)
 
     with api_endpoint(settings) as endpoint:
         balance = _check_access(endpoint)
         logger.info("API %s reachable, balance %.4f USD", endpoint.url, balance)
-        cfg = BatchConfig(
-            out=out, run_id=run_id, options=options, endpoint=endpoint,
-            retry=RetryPolicy(settings.max_attempts, settings.backoff_base_s, settings.backoff_max_s),
-            concurrency=settings.concurrency, max_direct_upload_bytes=settings.max_direct_upload_bytes,
-            storage_options=settings.storage_options, outstanding=outstanding,
-            resend_unknown=settings.resend_unknown,
-        )
+        # The estimate of what is sent may not pass the balance (or the --budget if lower):
+        # files past it are not sent, and the run says why.
+        if settings.budget_usd is not None and settings.budget_usd <= balance:
+            budget = Budget(settings.budget_usd, "budget")
+        else:
+            budget = Budget(balance, "balance")
+        limiter = RateLimiter(settings.requests_per_second) if settings.requests_per_second else None
+        cfg = BatchConfig(endpoint=endpoint, budget=budget, rate_limiter=limiter, **base_cfg)
         in_flight: list[PrefectFuture] = []
         batch: list = []
         batch_no = 0
@@ -166,6 +200,49 @@ def transcribe_archive(source: str, out: str, settings: Settings | None = None,
             summary.add(fut.result())
 
     logger.info("%s", summary.render())
+    return summary
+
+
+@flow(name="transcribe_archive_backfill")
+def backfill(source: str, out: str, modified_since: str | None = None, modified_before: str | None = None,
+             model: str | None = None) -> RunSummary:
+    """transcribe_archive over a modification-date window (ISO dates, UTC): years of archive
+    in slices, each a flow run of its own that a re-run of the same window resumes."""
+    return transcribe_archive(source, out, model=model, filters=DiscoveryFilter(
+        modified_since=_utc(modified_since), modified_before=_utc(modified_before)))
+
+
+def _utc(text: str | None):
+    from datetime import UTC, datetime
+
+    if not text:
+        return None
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _dry_run(source, filters, settings, options, done, summary: RunSummary, base_cfg: dict) -> RunSummary:
+    """What a real run would send, how, and what it would cost; sends and writes nothing."""
+    summary.dry_run = True
+    cfg = BatchConfig(endpoint=Endpoint("", SecretStr("")), **base_cfg)
+    print(f"{'mode':<9} {'minutes':>8} {'est. USD':>10}  source")
+    for f in discover(source, filters or DiscoveryFilter(), settings.storage_options):
+        summary.seen += 1
+        key = options.request_key(f.fingerprint)
+        if key in done:
+            summary.skipped += 1
+            continue
+        try:
+            plan = plan_upload(f, cfg, key, dry_run=True)
+        except errors.STTError as exc:
+            summary.failed += 1
+            summary.failures.append(f"{f.url}: {exc.message}")
+            continue
+        minutes = (plan.duration_s or 0.0) / 60.0
+        summary.audio_minutes += minutes
+        summary.estimated_cost += plan.estimated_cost or 0.0
+        est = f"{plan.estimated_cost:.6f}" if plan.estimated_cost is not None else "?"
+        print(f"{plan.mode:<9} {minutes:>8.2f} {est:>10}  {f.url}")
     return summary
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -54,12 +55,36 @@ class PollPolicy:
             delay = min(delay * self.factor, self.max_delay_s)
 
 
+class RateLimiter:
+    """Requests per second across every client of a run (the hosted API allows 25/s).
+
+    A reservation schedule under a thread lock, because a run's batches live in several
+    worker threads, each with its own event loop: each caller is given the next free
+    slot and sleeps until then without holding the lock.
+    """
+
+    def __init__(self, per_second: float) -> None:
+        self.interval = 1.0 / per_second
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    async def acquire(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
 class STTClient:
     """Client of one API endpoint (`base_url` ends in `/api`, e.g. https://nano-gpt.com/api)."""
 
     def __init__(self, base_url: str, api_key: str, *, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-                 transport: httpx.AsyncBaseTransport | None = None, max_connections: int = 100) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None, max_connections: int = 100,
+                 rate_limiter: RateLimiter | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self._limiter = rate_limiter
         self._http = httpx.AsyncClient(
             base_url=self.base_url + "/",
             headers={"x-api-key": api_key, "user-agent": "bulkscribe/0.1"},
@@ -161,6 +186,8 @@ class STTClient:
 
     async def _post(self, path: str, *, with_status: bool = False, headers: Mapping[str, str] | None = None,
                     **kwargs: Any):
+        if self._limiter is not None:
+            await self._limiter.acquire()
         try:
             response = await self._http.post(path, headers=headers, **kwargs)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:  # nothing was sent

@@ -22,12 +22,12 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import fsspec
+from tasks.sources import filesystem_for
 
 
 class Ledger:
     def __init__(self, out: str, storage_options: dict | None = None) -> None:
-        self.fs, root = fsspec.core.url_to_fs(out, **(storage_options or {}))
+        self.fs, root = filesystem_for(out, storage_options)
         self.root = root.rstrip("/") + "/_ledger"
         self._local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
 

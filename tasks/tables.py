@@ -18,10 +18,11 @@ import os
 import uuid
 from collections.abc import Iterable
 
-import fsspec
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+
+from tasks.sources import filesystem_for
 
 _ts = pa.timestamp("us", tz="UTC")
 
@@ -85,7 +86,7 @@ SCHEMAS = {"transcripts": TRANSCRIPTS, "failures": FAILURES, "words": WORDS, "se
 
 
 def _fs(url: str, storage_options: dict | None):
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    fs, path = filesystem_for(url, storage_options)
     return fs, path.rstrip("/")
 
 

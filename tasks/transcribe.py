@@ -19,24 +19,36 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import logging
 import random
+import shutil
+import threading
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import fsspec
 from prefect import task
 from prefect.cache_policies import NONE
 from pydantic import SecretStr
 
 from stt import errors
-from stt.client import PollPolicy, STTClient
-from stt.contract import AsyncJob, StatusResponse, TranscribeResponse
-from tasks import tables
+from stt.client import PollPolicy, RateLimiter, STTClient
+from stt.contract import (
+    DEFAULT_PRICES_USD_PER_MIN,
+    MAX_URL_BYTES,
+    AsyncJob,
+    Diarization,
+    Metadata,
+    Segment,
+    StatusResponse,
+    TranscribeResponse,
+    Word,
+)
+from tasks import audio_prep, tables
 from tasks.ledger import Ledger
-from tasks.sources import AudioFile
+from tasks.sources import AudioFile, filesystem_for, is_remote, presign
 
 log = logging.getLogger("bulkscribe.tasks")
 
@@ -50,12 +62,12 @@ class Endpoint:
     #: again (the embedded server does; the hosted API documents no such key).
     idempotent: bool = False
 
-    def client(self, max_connections: int = 100) -> STTClient:
+    def client(self, max_connections: int = 100, rate_limiter: RateLimiter | None = None) -> STTClient:
         import httpx
 
         timeout = httpx.Timeout(connect=15.0, read=self.timeout_s, write=300.0, pool=None)
         return STTClient(self.url, self.api_key.get_secret_value(), timeout=timeout,
-                         max_connections=max_connections)
+                         max_connections=max_connections, rate_limiter=rate_limiter)
 
 
 @dataclass(frozen=True)
@@ -101,6 +113,35 @@ class BatchConfig:
     outstanding: dict[str, dict] = field(default_factory=dict)
     #: Re-send requests whose earlier answer was lost even if the API cannot de-duplicate.
     resend_unknown: bool = False
+    prices_usd_per_min: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_PRICES_USD_PER_MIN))
+    #: Shared by all batches of a run: stops sending once the estimate reaches the cap.
+    budget: Budget | None = None
+    staging_url: str | None = None
+    presign_expires_s: int = 900
+    chunk_seconds: float = 600.0
+    max_url_bytes: int = MAX_URL_BYTES
+    rate_limiter: RateLimiter | None = None
+
+
+class Budget:
+    """Estimated spend of a run so far, against a cap (the --budget, or the balance).
+
+    Shared by the batches of a run, which run in worker threads: hence the lock.
+    """
+
+    def __init__(self, cap_usd: float, what: str = "budget") -> None:
+        self.cap, self.what = cap_usd, what
+        self.spent = 0.0
+        self._lock = threading.Lock()
+
+    def reserve(self, estimate_usd: float) -> str | None:
+        """Count the file in, or say why not (the run then stops sending)."""
+        with self._lock:
+            if self.spent + estimate_usd > self.cap + 1e-12:
+                return (f"{self.what} reached: {self.spent:.4f} USD estimated so far, the next file "
+                        f"would add {estimate_usd:.4f} USD over the {self.cap:.4f} USD cap")
+            self.spent += estimate_usd
+            return None
 
 
 @dataclass
@@ -170,7 +211,7 @@ def transcribe_batch(files: list[AudioFile], cfg: BatchConfig, batch_no: int) ->
 
 async def _run_batch(files: list[AudioFile], cfg: BatchConfig, ledger: Ledger, stop: _Stop) -> list[Outcome]:
     gate = asyncio.Semaphore(cfg.concurrency)
-    async with cfg.endpoint.client(max_connections=cfg.concurrency) as client:
+    async with cfg.endpoint.client(max_connections=cfg.concurrency, rate_limiter=cfg.rate_limiter) as client:
 
         async def one(f: AudioFile) -> Outcome:
             async with gate:
@@ -181,84 +222,261 @@ async def _run_batch(files: list[AudioFile], cfg: BatchConfig, ledger: Ledger, s
 
 async def transcribe_one(client: STTClient, f: AudioFile, cfg: BatchConfig, ledger: Ledger,
                          stop: _Stop) -> Outcome:
+    """One file, start to end: resume, plan the upload mode, send its unit(s), stitch."""
     opts = cfg.options
     key = opts.request_key(f.fingerprint)
-    prior = cfg.outstanding.get(key)
+    prior = cfg.outstanding.get(key) or {}
+    jobs: dict[str, dict] = dict(prior.get("jobs") or {})  # unit index -> submitted job, from earlier runs
 
-    # 1. A job submitted by an earlier run: poll it, do not pay again.
-    if prior and prior.get("job"):
-        job = AsyncJob.model_validate(prior["job"])
-        try:
-            return _success(f, cfg, key, await client.wait(job, cfg.poll), resumed=True)
-        except errors.NotFound:
-            log.warning("job %s of %s is unknown to the API (expired?); submitting again", job.runId, f.url)
-        except errors.PermanentError as exc:
-            return _failure(f, cfg, key, exc, attempts=1)
-        except errors.TransientError as exc:
-            return _failure(f, cfg, key, exc, attempts=1, keep_ledger=True)
-
-    # 2. A request sent by an earlier run whose answer was never recorded.
-    idem_ok = cfg.endpoint.idempotent
-    if prior and prior.get("state") == "sent" and not (idem_ok or cfg.resend_unknown):
+    # A request sent by an earlier run whose answer was never recorded, and no job to poll.
+    if prior.get("state") == "sent" and not jobs and not (cfg.endpoint.idempotent or cfg.resend_unknown):
         return _failure(f, cfg, key, errors.PermanentError(
-            f"outcome unknown: sent by run {prior.get('run_id', '?')[:8]} at {prior.get('updated_at', '?')} "
+            f"outcome unknown: sent by run {str(prior.get('run_id', '?'))[:8]} at {prior.get('updated_at', '?')} "
             "with no answer recorded; not re-sent so as not to pay twice (re-send with --resend-unknown)",
             code="outcome_unknown"), attempts=0, kind="unknown", keep_ledger=True)
+    if stop.reason:
+        return Outcome(key=key, sent=False)
 
-    if f.size > cfg.max_direct_upload_bytes:
-        return _failure(f, cfg, key, errors.PayloadTooLarge(
-            f"file is {f.size} bytes, over the {cfg.max_direct_upload_bytes}-byte direct-upload limit; "
-            "large-file modes are not available for this source"), attempts=0, kind="skipped")
     try:
-        data = await asyncio.to_thread(_read_bytes, f.url, cfg.storage_options)
-    except OSError as exc:
-        return _failure(f, cfg, key, errors.BadRequest(f"could not read the file: {exc}"), attempts=0)
+        plan = await asyncio.to_thread(plan_upload, f, cfg, key)
+    except errors.STTError as exc:
+        return _failure(f, cfg, key, exc, attempts=0, kind="skipped" if exc.status_code == 413 else None)
+
+    if cfg.budget is not None and plan.estimated_cost is not None and not jobs:
+        refusal = cfg.budget.reserve(plan.estimated_cost)
+        if refusal:
+            stop.reason = stop.reason or refusal
+            plan.cleanup()
+            return Outcome(key=key, sent=False)
+
+    entry = {"state": "sent", "mode": plan.mode, "jobs": jobs, "source": f.url, "fingerprint": f.fingerprint,
+             "model": opts.model, "run_id": cfg.run_id}
+    try:
+        await asyncio.to_thread(ledger.write, key, entry)
+        parts: list[tuple[Any, StatusResponse | TranscribeResponse]] = []
+        attempts = 0
+        for unit in plan.units():
+            answer, n = await _send_unit(client, f, cfg, key, unit, plan, entry, ledger, stop)
+            attempts = max(attempts, n)
+            parts.append((unit, answer))
+    except _UnitFailed as failed:
+        return failed.outcome
+    except audio_prep.AudioPrepError as exc:
+        return _failure(f, cfg, key, errors.BadRequest(str(exc)), attempts=0)
+    finally:
+        await asyncio.to_thread(plan.cleanup)
+    return _success(f, cfg, key, _merge(parts), mode=plan.mode)
+
+
+class _UnitFailed(Exception):
+    def __init__(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+
+
+async def _send_unit(client: STTClient, f: AudioFile, cfg: BatchConfig, key: str, unit: Unit, plan: UploadPlan,
+                     entry: dict, ledger: Ledger, stop: _Stop) -> tuple[StatusResponse | TranscribeResponse, int]:
+    """Send one unit (the whole file, or one chunk) with retries; resume its job if one is recorded."""
+    opts = cfg.options
+    idem = key if plan.single else f"{key}:{unit.index}"
+    recorded = entry["jobs"].get(str(unit.index))
+    if recorded:
+        job = AsyncJob.model_validate(recorded)
+        try:
+            return await client.wait(job, cfg.poll), 1
+        except errors.NotFound:
+            log.warning("job %s of %s is unknown to the API (expired?); submitting again", job.runId, f.url)
+        except errors.TransientError as exc:
+            raise _UnitFailed(_failure(f, cfg, key, exc, attempts=1, keep_ledger=True)) from None
+        except errors.PermanentError as exc:
+            raise _UnitFailed(_failure(f, cfg, key, exc, attempts=1)) from None
 
     attempt = 0
     while True:
         if stop.reason:
-            return Outcome(key=key, sent=False)
+            raise _UnitFailed(Outcome(key=key, sent=False, keep_ledger=bool(entry["jobs"])))
         attempt += 1
-        await asyncio.to_thread(ledger.write, key, {
-            "state": "sent", "source": f.url, "fingerprint": f.fingerprint, "model": opts.model,
-            "run_id": cfg.run_id})
         try:
-            answer = await client.transcribe_bytes(
-                data, f.name, model=opts.model, language=opts.language, diarize=opts.diarize,
-                tag_audio_events=opts.tag_audio_events, idempotency_key=key,
-            )
+            common = dict(model=opts.model, language=opts.language, diarize=opts.diarize,
+                          tag_audio_events=opts.tag_audio_events, idempotency_key=idem)
+            if unit.url is not None:
+                answer = await client.transcribe_url(unit.url, **common)
+            else:
+                answer = await client.transcribe_bytes(unit.data, unit.name or f.name, **common)
             if isinstance(answer, AsyncJob):
                 # Durable before polling: a run that dies now resumes this job next time.
-                await asyncio.to_thread(ledger.write, key, {
-                    "state": "submitted", "job": answer.model_dump(exclude_none=True), "source": f.url,
-                    "fingerprint": f.fingerprint, "model": opts.model, "run_id": cfg.run_id})
+                entry["jobs"][str(unit.index)] = answer.model_dump(exclude_none=True)
+                entry["state"] = "submitted"
+                await asyncio.to_thread(ledger.write, key, entry)
                 try:
                     answer = await client.wait(answer, cfg.poll)
                 except errors.TransientError as exc:  # deadline or API down: the job may still finish
-                    return _failure(f, cfg, key, exc, attempts=attempt, keep_ledger=True)
-            return _success(f, cfg, key, answer)
+                    raise _UnitFailed(_failure(f, cfg, key, exc, attempts=attempt, keep_ledger=True)) from None
+            return answer, attempt
         except errors.TransientError as exc:
-            if exc.maybe_sent and not idem_ok and not cfg.resend_unknown:
-                return _failure(f, cfg, key, errors.TimeoutError_(
+            if exc.maybe_sent and not cfg.endpoint.idempotent and not cfg.resend_unknown:
+                raise _UnitFailed(_failure(f, cfg, key, errors.TimeoutError_(
                     f"outcome unknown: {exc.message}; the request may have been processed and paid for, "
                     "so it is not re-sent (re-send with --resend-unknown)", code="outcome_unknown"),
-                    attempts=attempt, kind="unknown", keep_ledger=True)
+                    attempts=attempt, kind="unknown", keep_ledger=True)) from None
             if attempt >= cfg.retry.max_attempts:
-                return _failure(f, cfg, key, exc, attempts=attempt)
+                raise _UnitFailed(_failure(f, cfg, key, exc, attempts=attempt,
+                                           keep_ledger=bool(entry["jobs"]))) from None
             await asyncio.sleep(cfg.retry.delay(attempt - 1, exc.retry_after))
         except errors.PermanentError as exc:
             if isinstance(exc, _STOP_ERRORS) and not stop.reason:
                 stop.reason = f"{exc.status_code} {exc.message}"
-            return _failure(f, cfg, key, exc, attempts=attempt)
+            raise _UnitFailed(_failure(f, cfg, key, exc, attempts=attempt,
+                                       keep_ledger=bool(entry["jobs"]))) from None
+
+
+# -- upload modes -----------------------------------------------------------------------
+
+
+@dataclass
+class Unit:
+    """What one request carries: bytes for a direct upload, or a URL the API fetches."""
+
+    index: int
+    offset_s: float
+    end_s: float | None
+    data: bytes | None = None
+    url: str | None = None
+    name: str | None = None
+
+
+@dataclass
+class UploadPlan:
+    mode: str  # direct | url | staged | reencode | chunks
+    units: Any  # () -> Iterator[Unit]; chunks are produced lazily, one in memory at a time
+    single: bool = True
+    duration_s: float | None = None
+    estimated_cost: float | None = None
+    cleanup: Any = lambda: None
+
+
+def plan_upload(f: AudioFile, cfg: BatchConfig, key: str, *, dry_run: bool = False) -> UploadPlan:
+    """Choose how a file travels, by size and place (blocking: run in a thread).
+
+    <= the direct limit: multipart upload. Larger, in object storage (<= 500 MB): a
+    presigned URL of short expiry. Larger and local: a staging bucket + presigned URL when
+    one is configured, else re-encoded to 16 kHz mono Opus when that fits the direct
+    limit, else chunks cut at silences. Over 500 MB anywhere: chunks.
+    """
+    price = cfg.prices_usd_per_min.get(cfg.options.model)
+
+    def cost(duration_s: float | None) -> float | None:
+        return None if duration_s is None or price is None else duration_s / 60.0 * price
+
+    if f.size <= cfg.max_direct_upload_bytes:
+        data = _read_bytes(f.url, cfg.storage_options)
+        duration = _probe_or_none(io.BytesIO(data))
+        return UploadPlan("direct", lambda: iter([Unit(0, 0.0, None, data=data)]), duration_s=duration,
+                          estimated_cost=cost(duration))
+
+    fs, path = filesystem_for(f.url, cfg.storage_options)
+    with fs.open(path, "rb") as fh:
+        try:
+            duration = audio_prep.probe(fh).duration_s
+        except audio_prep.AudioPrepError as exc:
+            raise errors.BadRequest(f"cannot read the audio of this large file: {exc}") from None
+    small_enough_for_url = f.size <= cfg.max_url_bytes
+
+    if small_enough_for_url and is_remote(f.url):
+        try:
+            url = presign(f.url, cfg.presign_expires_s, cfg.storage_options)
+        except ValueError:
+            url = None
+        if url:
+            return UploadPlan("url", lambda: iter([Unit(0, 0.0, None, url=url)]), duration_s=duration,
+                              estimated_cost=cost(duration))
+    if small_enough_for_url and cfg.staging_url:
+        if dry_run:
+            return UploadPlan("staged", lambda: iter(()), duration_s=duration, estimated_cost=cost(duration))
+        staged = f"{cfg.staging_url.rstrip('/')}/{key}{_ext(f.name)}"
+        sfs, spath = filesystem_for(staged, cfg.storage_options)
+        with fs.open(path, "rb") as src, sfs.open(spath, "wb") as dst:
+            shutil.copyfileobj(src, dst, 8 * 1024 * 1024)
+        url = presign(staged, cfg.presign_expires_s, cfg.storage_options)
+
+        def remove_staged() -> None:
+            try:
+                sfs.rm_file(spath)
+            except FileNotFoundError:
+                pass
+
+        return UploadPlan("staged", lambda: iter([Unit(0, 0.0, None, url=url)]), duration_s=duration,
+                          estimated_cost=cost(duration), cleanup=remove_staged)
+    if audio_prep.estimated_reencoded_bytes(duration) < cfg.max_direct_upload_bytes:
+        def reencoded():
+            with fs.open(path, "rb") as fh:
+                data = audio_prep.reencode(fh)
+            yield Unit(0, 0.0, None, data=data, name=_stem(f.name) + ".ogg")
+
+        return UploadPlan("reencode", reencoded, duration_s=duration, estimated_cost=cost(duration))
+
+    def chunks():
+        with fs.open(path, "rb") as fh:
+            for c in audio_prep.split_at_silences(fh, max_chunk_s=cfg.chunk_seconds,
+                                                  max_bytes=cfg.max_direct_upload_bytes):
+                yield Unit(c.index, c.start_s, c.end_s, data=c.data, name=f"{_stem(f.name)}.part{c.index}.ogg")
+
+    return UploadPlan("chunks", chunks, single=False, duration_s=duration, estimated_cost=cost(duration))
+
+
+def _probe_or_none(source) -> float | None:
+    try:
+        return audio_prep.probe(source).duration_s
+    except audio_prep.AudioPrepError:
+        return None  # let the API say what is wrong with it
+
+
+def _ext(name: str) -> str:
+    return "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""
+
+
+def _stem(name: str) -> str:
+    return name.rsplit(".", 1)[0]
+
+
+def _merge(parts: list[tuple[Unit, StatusResponse | TranscribeResponse]]) -> StatusResponse | TranscribeResponse:
+    """One answer from the answers of a file's chunks (a single answer passes through)."""
+    if len(parts) == 1:
+        return parts[0][1]
+    stitched_parts = []
+    segments: list[Segment] = []
+    cost = 0.0
+    minutes = 0.0
+    language = None
+    for unit, answer in parts:
+        chunk = audio_prep.Chunk(unit.index, unit.offset_s, unit.end_s or unit.offset_s, b"")
+        words = [audio_prep.TimedWord(w.text, w.start, w.end, w.type, w.speaker_id)
+                 for w in (getattr(answer, "words", None) or [])]
+        stitched_parts.append((chunk, answer.transcription or "", words))
+        for s in (answer.diarization.segments if getattr(answer, "diarization", None) else None) or []:
+            segments.append(Segment(speaker=f"c{unit.index}:{s.speaker}", text=s.text,
+                                    start=s.start + unit.offset_s, end=s.end + unit.offset_s))
+        if answer.metadata is not None:
+            cost += answer.metadata.cost or 0.0
+            minutes += answer.metadata.actualDuration or answer.metadata.chargedDuration or 0.0
+            language = language or answer.metadata.language
+    text, words = audio_prep.stitch(stitched_parts)
+    meta = Metadata(model=parts[0][1].metadata.model if parts[0][1].metadata else "", cost=cost,
+                    actualDuration=minutes, chargedDuration=minutes, language=language)
+    return StatusResponse(
+        status="completed", transcription=text, metadata=meta,
+        words=[Word(text=w.text, start=w.start, end=w.end, type=w.type, speaker_id=w.speaker) for w in words],
+        diarization=Diarization(segments=segments) if segments else None,
+    )
 
 
 def _read_bytes(url: str, storage_options: dict) -> bytes:
-    with fsspec.open(url, "rb", **(storage_options or {})) as fh:
+    fs, path = filesystem_for(url, storage_options)
+    with fs.open(path, "rb") as fh:
         return fh.read()
 
 
 def _success(f: AudioFile, cfg: BatchConfig, key: str, answer: TranscribeResponse | StatusResponse,
-             resumed: bool = False) -> Outcome:
+             mode: str = "direct") -> Outcome:
     meta = answer.metadata
     minutes = None
     if meta is not None:
@@ -273,7 +491,7 @@ def _success(f: AudioFile, cfg: BatchConfig, key: str, answer: TranscribeRespons
         "options": cfg.options.as_json(), "text": answer.transcription or "",
         "duration_s": round(minutes * 60.0, 3) if minutes is not None else None,
         "cost": meta.cost if meta else None, "currency": meta.currency if meta else None,
-        "upload_mode": "direct", "file_size": f.size, "speaker_count": speakers, "status": "ok",
+        "upload_mode": mode, "file_size": f.size, "speaker_count": speakers, "status": "ok",
         "run_id": cfg.run_id, "transcribed_at": datetime.now(UTC),
     }
     word_rows = [

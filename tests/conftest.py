@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import unicodedata
 from pathlib import Path
 
@@ -78,3 +79,72 @@ def prefect_api():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+# -- a real moto S3 server on loopback per test module, as s3fs's own tests do ------------
+
+_AWS_VARS = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+)
+
+
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _no_proxy_for_loopback(mp: pytest.MonkeyPatch) -> None:
+    """botocore/aiohttp/httpx honour HTTP(S)_PROXY; a proxy cannot reach our loopback server."""
+    for var in ("NO_PROXY", "no_proxy"):
+        current = os.environ.get(var, "")
+        mp.setenv(var, ",".join(x for x in (current, "127.0.0.1", "localhost") if x))
+
+
+def _isolate_aws(mp: pytest.MonkeyPatch, tmp_dir: str) -> None:
+    """Drop every AWS_* setting and the user's ~/.aws files."""
+    for var in _AWS_VARS:
+        mp.delenv(var, raising=False)
+    mp.setenv("AWS_CONFIG_FILE", os.path.join(tmp_dir, "no-aws-config"))
+    mp.setenv("AWS_SHARED_CREDENTIALS_FILE", os.path.join(tmp_dir, "no-aws-credentials"))
+    mp.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no 1 s IMDS probes when creds are missing
+    _no_proxy_for_loopback(mp)
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """A real moto S3 server on loopback; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    with pytest.MonkeyPatch.context() as mp:
+        _no_proxy_for_loopback(mp)  # for module-scoped clients created before s3_env
+        port = _free_port()
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
+    """Standard AWS variables pointing at the moto server; restored after the test."""
+    _isolate_aws(monkeypatch, str(tmp_path_factory.mktemp("aws")))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return s3_server

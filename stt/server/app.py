@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -129,6 +130,9 @@ def create_app(settings: ServerSettings | None = None, *, store: Store | None = 
         # Load the weights before accepting traffic: the first request should not pay
         # for it, and a bad model dir should stop the server, not fail every request.
         await anyio.to_thread.run_sync(engine.load)
+        # faster-whisper's decode_audio runs gc.collect() on every call; freezing what exists
+        # after start-up (the model, FastAPI, pydantic) keeps each collection ~50 ms shorter.
+        gc.freeze()
         jobs_dir.mkdir(parents=True, exist_ok=True)
         runner = JobRunner(store, engine, admission.slots, lambda: engine.weights_name,
                            retention=timedelta(hours=settings.job_retention_hours))
