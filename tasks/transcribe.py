@@ -410,6 +410,9 @@ def plan_upload(f: AudioFile, cfg: BatchConfig, key: str, *, dry_run: bool = Fal
         def reencoded():
             with fs.open(path, "rb") as fh:
                 data = audio_prep.reencode(fh)
+            if len(data) > cfg.max_direct_upload_bytes:  # the estimate is an upper bound; belt and braces
+                raise audio_prep.AudioPrepError(
+                    f"re-encoded audio is {len(data)} bytes, still over the {cfg.max_direct_upload_bytes}-byte limit")
             yield Unit(0, 0.0, None, data=data, name=_stem(f.name) + ".ogg")
 
         return UploadPlan("reencode", reencoded, duration_s=duration, estimated_cost=cost(duration))
