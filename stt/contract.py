@@ -95,12 +95,10 @@ class TranscribeResponse(_Model):
     metadata: Metadata
 
 
-class AsyncJob(_Model):
-    """202 answer of the asynchronous models: poll `/transcribe/status` with these fields."""
+class StatusRequest(_Model):
+    """Body of `/transcribe/status`: the fields of the 202 answer, runId at least."""
 
     runId: str
-    status: JobStatus = "pending"
-    model: str
     cost: float | None = None
     paymentSource: str | None = None
     isApiRequest: bool | None = None
@@ -108,6 +106,13 @@ class AsyncJob(_Model):
     fileSize: int | None = None
     chargedDuration: float | None = None
     diarize: bool | None = None
+
+
+class AsyncJob(StatusRequest):
+    """202 answer of the asynchronous models: poll `/transcribe/status` with these fields."""
+
+    status: JobStatus = "pending"
+    model: str
 
     def status_request(self) -> dict:
         """The body the status endpoint expects: everything the submit answer gave us."""
@@ -146,17 +151,6 @@ class TranscribeJsonRequest(_Model):
     actualDuration: str | float | None = None
     diarize: bool = False
     tagAudioEvents: bool = False
-
-
-class StatusRequest(_Model):
-    runId: str
-    cost: float | None = None
-    paymentSource: str | None = None
-    isApiRequest: bool | None = None
-    fileName: str | None = None
-    fileSize: int | None = None
-    chargedDuration: float | None = None
-    diarize: bool | None = None
 
 
 # -- languages --------------------------------------------------------------------------
