@@ -170,7 +170,10 @@ def transcribe_archive(source: str, out: str, settings: Settings | None = None,
             budget = Budget(settings.budget_usd, "budget")
         else:
             budget = Budget(balance, "balance")
-        limiter = RateLimiter(settings.requests_per_second) if settings.requests_per_second else None
+        # The requests-per-second cap protects a hosted API's limit; the embedded server has
+        # its own admission control (503 + Retry-After) and is not throttled.
+        limiter = RateLimiter(settings.requests_per_second) if settings.requests_per_second and settings.api_url \
+            else None
         cfg = BatchConfig(endpoint=endpoint, budget=budget, rate_limiter=limiter, **base_cfg)
         in_flight: list[PrefectFuture] = []
         batch: list = []
@@ -184,6 +187,9 @@ def transcribe_archive(source: str, out: str, settings: Settings | None = None,
             while len(in_flight) >= parallel_batches:
                 summary.add(in_flight.pop(0).result())
 
+        # The first batch is smaller so that the batches in flight do not all end (and
+        # restart, with an idle moment) at once.
+        first_size = max(1, settings.batch_size // max(1, parallel_batches))
         for f in discover(source, filters or DiscoveryFilter(), settings.storage_options):
             if summary.stop_reason:
                 logger.error("stopping: %s", summary.stop_reason)
@@ -193,7 +199,7 @@ def transcribe_archive(source: str, out: str, settings: Settings | None = None,
                 summary.skipped += 1
                 continue
             batch.append(f)
-            if len(batch) >= settings.batch_size:
+            if len(batch) >= (first_size if batch_no == 0 else settings.batch_size):
                 flush()
         flush()
         for fut in in_flight:

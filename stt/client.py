@@ -10,6 +10,7 @@ Async because the pipeline keeps dozens of requests in flight per Prefect task.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import threading
@@ -77,6 +78,13 @@ class RateLimiter:
             await asyncio.sleep(slot - now)
 
 
+@functools.lru_cache(maxsize=1)
+def _ssl_context():
+    """One per process: httpx would otherwise build one (and load the CA bundle, ~50 ms
+    of CPU) for every client, i.e. every batch, even for plain-http loopback."""
+    return httpx.create_ssl_context()
+
+
 class STTClient:
     """Client of one API endpoint (`base_url` ends in `/api`, e.g. https://nano-gpt.com/api)."""
 
@@ -93,6 +101,7 @@ class STTClient:
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             # Loopback and private endpoints must not go through a corporate proxy.
             trust_env=not _is_loopback(self.base_url),
+            verify=_ssl_context(),
         )
 
     async def __aenter__(self) -> STTClient:

@@ -94,11 +94,20 @@ def _is_local(fs) -> bool:
     return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
 
 
-def write_part(out: str, table: str, rows: Iterable[dict] | pa.Table, *, part_name: str,
+def write_part(out: str, table: str, rows: Iterable[dict] | dict[str, list] | pa.Table, *, part_name: str,
                storage_options: dict | None = None) -> str | None:
-    """Write one part file of `table` atomically; returns its path (None if no rows)."""
+    """Write one part file of `table` atomically; returns its path (None if no rows).
+
+    `rows` is a list of row dicts, a dict of columns (what the words table uses: building
+    columns is ~2x cheaper than a dict per word at a million rows), or a pyarrow Table.
+    """
     schema = SCHEMAS[table]
-    data = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(list(rows), schema=schema)
+    if isinstance(rows, pa.Table):
+        data = rows
+    elif isinstance(rows, dict):
+        data = pa.Table.from_pydict({name: rows.get(name, []) for name in schema.names}, schema=schema)
+    else:
+        data = pa.Table.from_pylist(list(rows), schema=schema)
     if data.num_rows == 0:
         return None
     fs, root = _fs(out, storage_options)

@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 from prefect import task
 from prefect.cache_policies import NONE
 from pydantic import SecretStr
@@ -159,7 +161,7 @@ class BatchResult:
 class Outcome:
     key: str
     transcript: dict | None = None
-    words: list[dict] = field(default_factory=list)
+    words: dict[str, list] = field(default_factory=dict)  # columns of the words table
     segments: list[dict] = field(default_factory=list)
     failure: dict | None = None
     sent: bool = True
@@ -185,14 +187,17 @@ def transcribe_batch(files: list[AudioFile], cfg: BatchConfig, batch_no: int) ->
     outcomes = asyncio.run(_run_batch(files, cfg, ledger, stop))
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     part = f"part-{stamp}-{cfg.run_id[:8]}-{batch_no:05d}"
-    rows: dict[str, list[dict]] = {"transcripts": [], "failures": [], "words": [], "segments": []}
+    rows: dict[str, Any] = {"transcripts": [], "failures": [], "segments": []}
+    word_parts = []
     result = BatchResult(stop_reason=stop.reason)
     for o in outcomes:
         if not o.sent:
             result.not_sent += 1
         elif o.transcript is not None:
             rows["transcripts"].append(o.transcript)
-            rows["words"].extend(o.words)
+            if o.words:
+                t = o.transcript
+                word_parts.append((t["source"], t["fingerprint"], t["model"], o.words))
             rows["segments"].extend(o.segments)
             result.transcribed += 1
             result.audio_s += o.transcript["duration_s"] or 0.0
@@ -203,6 +208,7 @@ def transcribe_batch(files: list[AudioFile], cfg: BatchConfig, batch_no: int) ->
             result.failures.append(f"{o.failure['source']}: {o.failure['message']}")
     # Words and segments first, transcripts last: a re-run skips on transcripts, so a crash
     # between these writes re-does the file rather than leaving it without its words.
+    rows["words"] = words_table(word_parts)
     for table in ("words", "segments", "failures", "transcripts"):
         tables.write_part(cfg.out, table, rows[table], part_name=part, storage_options=cfg.storage_options)
     ledger.clear([o.key for o in outcomes if o.sent and not o.keep_ledger])
@@ -497,17 +503,43 @@ def _success(f: AudioFile, cfg: BatchConfig, key: str, answer: TranscribeRespons
         "upload_mode": mode, "file_size": f.size, "speaker_count": speakers, "status": "ok",
         "run_id": cfg.run_id, "transcribed_at": datetime.now(UTC),
     }
-    word_rows = [
-        {"source": f.url, "fingerprint": f.fingerprint, "model": model, "word_index": i, "text": w.text,
-         "start": w.start, "end": w.end, "type": w.type, "speaker": w.speaker_id}
-        for i, w in enumerate(words)
-    ]
+    word_columns = {
+        "text": [w.text for w in words], "start": [w.start for w in words], "end": [w.end for w in words],
+        "type": [w.type for w in words], "speaker": [w.speaker_id for w in words],
+    } if words else {}
     segment_rows = [
         {"source": f.url, "fingerprint": f.fingerprint, "model": model, "segment_index": i, "speaker": s.speaker,
          "start": s.start, "end": s.end, "text": s.text}
         for i, s in enumerate(segments)
     ]
-    return Outcome(key=key, transcript=transcript, words=word_rows, segments=segment_rows)
+    return Outcome(key=key, transcript=transcript, words=word_columns, segments=segment_rows)
+
+
+def words_table(parts: list[tuple[str, str, str, dict[str, list]]]) -> pa.Table:
+    """The words rows of a batch as one Arrow table.
+
+    `parts`: (source, fingerprint, model, per-word columns) per file. Built column-wise,
+    and the three per-file columns as dictionary arrays cast to strings: a million words
+    as dicts cost more to convert than Parquet costs to write them (bench/parquet_write.py).
+    """
+    schema = tables.WORDS
+    if not parts:
+        return schema.empty_table()
+    counts = np.fromiter((len(p[3]["text"]) for p in parts), dtype=np.int64, count=len(parts))
+    run_index = pa.array(np.repeat(np.arange(len(parts), dtype=np.int32), counts))
+
+    def per_file(i: int) -> pa.Array:
+        return pa.DictionaryArray.from_arrays(run_index, pa.array([p[i] for p in parts], pa.string())).cast(pa.string())
+
+    word_index = np.concatenate([np.arange(n, dtype=np.int32) for n in counts])
+    columns = {"source": per_file(0), "fingerprint": per_file(1), "model": per_file(2),
+               "word_index": pa.array(word_index, pa.int32())}
+    for name in ("text", "start", "end", "type", "speaker"):
+        values: list = []
+        for p in parts:
+            values.extend(p[3][name])
+        columns[name] = pa.array(values, schema.field(name).type)
+    return pa.Table.from_pydict(columns, schema=schema)
 
 
 def _failure(f: AudioFile, cfg: BatchConfig, key: str, exc: errors.STTError, *, attempts: int,

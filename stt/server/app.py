@@ -432,9 +432,10 @@ def create_app(settings: ServerSettings | None = None, *, store: Store | None = 
         body = TranscribeResponse(
             transcription=result.text, metadata=metadata(params, size, duration_s, cost, result.language)
         ).model_dump(exclude_none=True)
-        try:
-            store.charge_sync(key_hash, amount_micro=cost, model=params.model, file_name=params.file_name,
-                              file_size=size, duration_s=duration_s, response=body, idempotency_key=idem)
+        try:  # off the event loop: the transaction ends in an fsync
+            await anyio.to_thread.run_sync(lambda: store.charge_sync(
+                key_hash, amount_micro=cost, model=params.model, file_name=params.file_name, file_size=size,
+                duration_s=duration_s, response=body, idempotency_key=idem))
         except InsufficientBalance as exc:  # another request spent the balance meanwhile
             raise APIError(402, str(exc)) from None
         return JSONResponse(body)
