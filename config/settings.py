@@ -10,7 +10,7 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from stt.contract import DEFAULT_PRICES_USD_PER_MIN, MAX_UPLOAD_BYTES, WHISPER_LARGE_V3
+from stt.contract import DEFAULT_PRICES_USD_PER_MIN, MAX_UPLOAD_BYTES, MAX_URL_BYTES, WHISPER_LARGE_V3
 
 
 class Settings(BaseSettings):
@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     presign_expires_s: int = 900
     #: Longest chunk when a file must be split (at silences).
     chunk_seconds: float = 600.0
+    #: Largest file sent as a URL (the API's limit is 500 MB); larger ones are re-encoded or chunked.
+    max_url_bytes: int = MAX_URL_BYTES
 
     #: Stop sending once the estimated cost of what was sent reaches this (USD).
     budget_usd: float | None = None

@@ -157,6 +157,7 @@ def transcribe_archive(source: str, out: str, settings: Settings | None = None,
         storage_options=settings.storage_options, outstanding=outstanding, resend_unknown=settings.resend_unknown,
         prices_usd_per_min=settings.prices_usd_per_min, staging_url=settings.staging_url,
         presign_expires_s=settings.presign_expires_s, chunk_seconds=settings.chunk_seconds,
+        max_url_bytes=settings.max_url_bytes,
     )
     if dry_run:
         return _dry_run(source, filters, settings, options, done, summary, base_cfg)

@@ -74,24 +74,30 @@ def big_wav(tmp_path_factory) -> Path:
     return path
 
 
-def test_s3_archive_to_s3_output(prefect_api, server, s3_env, big_wav, tmp_path):
+def test_s3_archive_to_s3_output(prefect_api, server, s3_env, tmp_path):
+    """Small, large (> 3 MB) and very long files in a bucket, results in another bucket,
+    at the real 3 MB direct-upload limit."""
+    large = long_speech_wav(tmp_path / "large.wav", 100)  # 3.3 MB
+    very_long = long_speech_wav(tmp_path / "very-long.wav", 200)  # 6.6 MB: over the URL cap set below
+    assert large.stat().st_size > 3 * 1024 * 1024
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="archive")
     s3.create_bucket(Bucket="results")
     s3.upload_file(str(audio_file("timit_LDC93S1.wav")), "archive", "calls/2024/small.wav")
-    s3.upload_file(str(big_wav), "archive", "calls/2024/large.wav")              # over the limit: presigned URL
+    s3.upload_file(str(large), "archive", "calls/2024/large.wav")
+    s3.upload_file(str(very_long), "archive", "calls/2025/very-long.wav")
     s3.put_object(Bucket="archive", Key="calls/2025/broken.mp3", Body=b"ID3" + b"\0" * 4000)
     before = len(usage(server))
 
-    settings = settings_for(server)
+    settings = settings_for(server, max_direct_upload_bytes=3 * 1024 * 1024, max_url_bytes=5 * 1024 * 1024)
     summary = transcribe_archive("s3://archive/calls", "s3://results/run1", settings=settings)
-    assert (summary.seen, summary.transcribed, summary.failed) == (3, 2, 1)
+    assert (summary.seen, summary.transcribed, summary.failed) == (4, 3, 1), summary.failures
     t = pl.from_arrow(tables.read_table("s3://results/run1", "transcripts"))
     modes = {src.rsplit("/", 1)[-1]: mode for src, mode in zip(t["source"], t["upload_mode"])}
-    assert modes == {"small.wav": "direct", "large.wav": "url"}
-    large = t.filter(pl.col("source").str.ends_with("large.wav")).row(0, named=True)
-    assert "ask not what your country" in words_of(large["text"])
-    assert large["duration_s"] == pytest.approx(BIG_S, abs=3)
+    assert modes == {"small.wav": "direct", "large.wav": "url", "very-long.wav": "reencode"}
+    row = t.filter(pl.col("source").str.ends_with("very-long.wav")).row(0, named=True)
+    assert words_of(row["text"]).count("ask not what your country") >= 4
+    assert row["duration_s"] == pytest.approx(200, abs=8)
     f = pl.from_arrow(tables.read_table("s3://results/run1", "failures")).row(0, named=True)
     assert f["source"].endswith("broken.mp3") and f["status_code"] == 400
     # No presigned URL (it carries a signature) reached a table.
@@ -101,9 +107,9 @@ def test_s3_archive_to_s3_output(prefect_api, server, s3_env, big_wav, tmp_path)
 
     # Re-run: nothing is sent again (the server's own ledger shows no new charge).
     charged = len(usage(server))
-    assert charged - before == 2
+    assert charged - before == 3
     again = transcribe_archive("s3://archive/calls", "s3://results/run1", settings=settings)
-    assert again.skipped == 2 and again.transcribed == 0
+    assert again.skipped == 3 and again.transcribed == 0
     assert len(usage(server)) == charged
 
 
