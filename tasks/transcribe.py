@@ -136,6 +136,15 @@ class Budget:
         self.spent = 0.0
         self._lock = threading.Lock()
 
+    def remaining(self) -> float:
+        with self._lock:
+            return self.cap - self.spent
+
+    def settle(self, reserved_usd: float, actual_usd: float) -> None:
+        """Replace a reservation by what the API actually charged."""
+        with self._lock:
+            self.spent += actual_usd - reserved_usd
+
     def reserve(self, estimate_usd: float) -> str | None:
         """Count the file in, or say why not (the run then stops sending)."""
         with self._lock:
@@ -243,18 +252,45 @@ async def transcribe_one(client: STTClient, f: AudioFile, cfg: BatchConfig, ledg
     if stop.reason:
         return Outcome(key=key, sent=False)
 
+    # Probing a small file's duration costs more CPU than sending it; skip it while the
+    # budget could absorb a worst-case file for every request in flight, and reserve that
+    # worst case instead (settled to the real charge when the answer comes).
+    worst = _worst_direct_cost(cfg)
+    probe = cfg.budget is not None and cfg.budget.remaining() < worst * max(8, 2 * cfg.concurrency)
     try:
-        plan = await asyncio.to_thread(plan_upload, f, cfg, key)
+        plan = await asyncio.to_thread(plan_upload, f, cfg, key, probe=probe)
     except errors.STTError as exc:
         return _failure(f, cfg, key, exc, attempts=0, kind="skipped" if exc.status_code == 413 else None)
 
-    if cfg.budget is not None and plan.estimated_cost is not None and not jobs:
-        refusal = cfg.budget.reserve(plan.estimated_cost)
+    reserved = 0.0
+    if cfg.budget is not None and not jobs:
+        reserved = plan.estimated_cost if plan.estimated_cost is not None else worst
+        refusal = cfg.budget.reserve(reserved)
         if refusal:
             stop.reason = stop.reason or refusal
             plan.cleanup()
             return Outcome(key=key, sent=False)
+    outcome = await _send_plan(client, f, cfg, key, plan, jobs, ledger, stop)
+    if reserved and not (outcome.failure and outcome.failure["error_kind"] == "unknown"):  # unknown: may be paid
+        if outcome.transcript is not None:
+            actual = outcome.transcript["cost"]
+            actual = actual if actual is not None else (plan.estimated_cost or reserved)
+        else:
+            actual = 0.0  # errors are not charged
+        cfg.budget.settle(reserved, actual)
+    return outcome
 
+
+def _worst_direct_cost(cfg: BatchConfig) -> float:
+    """The most a direct upload can cost: its byte limit at 8 kbit/s, the lowest bitrate speech is stored at."""
+    price = cfg.prices_usd_per_min.get(cfg.options.model) or max(cfg.prices_usd_per_min.values(), default=0.0)
+    return cfg.max_direct_upload_bytes / 1000.0 / 60.0 * price
+
+
+async def _send_plan(client: STTClient, f: AudioFile, cfg: BatchConfig, key: str, plan: UploadPlan,
+                     jobs: dict, ledger: Ledger, stop: _Stop) -> Outcome:
+    """Send the plan's unit(s) and merge the answers; the ledger entry is written first."""
+    opts = cfg.options
     entry = {"state": "sent", "mode": plan.mode, "jobs": jobs, "source": f.url, "fingerprint": f.fingerprint,
              "model": opts.model, "run_id": cfg.run_id}
     try:
@@ -360,7 +396,7 @@ class UploadPlan:
     cleanup: Any = lambda: None
 
 
-def plan_upload(f: AudioFile, cfg: BatchConfig, key: str, *, dry_run: bool = False) -> UploadPlan:
+def plan_upload(f: AudioFile, cfg: BatchConfig, key: str, *, dry_run: bool = False, probe: bool = True) -> UploadPlan:
     """Choose how a file travels, by size and place (blocking: run in a thread).
 
     <= the direct limit: multipart upload. Larger, in object storage (<= 500 MB): a
@@ -375,7 +411,7 @@ def plan_upload(f: AudioFile, cfg: BatchConfig, key: str, *, dry_run: bool = Fal
 
     if f.size <= cfg.max_direct_upload_bytes:
         data = _read_bytes(f.url, cfg.storage_options)
-        duration = _probe_or_none(io.BytesIO(data))
+        duration = _probe_or_none(io.BytesIO(data)) if probe else None
         return UploadPlan("direct", lambda: iter([Unit(0, 0.0, None, data=data)]), duration_s=duration,
                           estimated_cost=cost(duration))
 
