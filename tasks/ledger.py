@@ -23,13 +23,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tasks.sources import filesystem_for
+from tasks.tables import is_local
 
 
 class Ledger:
     def __init__(self, out: str, storage_options: dict | None = None) -> None:
         self.fs, root = filesystem_for(out, storage_options)
         self.root = root.rstrip("/") + "/_ledger"
-        self._local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        self._local = is_local(self.fs)
 
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}.json"

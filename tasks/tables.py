@@ -90,7 +90,7 @@ def _fs(url: str, storage_options: dict | None):
     return fs, path.rstrip("/")
 
 
-def _is_local(fs) -> bool:
+def is_local(fs) -> bool:
     return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
 
 
@@ -113,7 +113,7 @@ def write_part(out: str, table: str, rows: Iterable[dict] | dict[str, list] | pa
     fs, root = _fs(out, storage_options)
     folder = f"{root}/{table}"
     final = f"{folder}/{part_name}.parquet"
-    if _is_local(fs):
+    if is_local(fs):
         os.makedirs(folder, exist_ok=True)
         tmp = f"{folder}/.{part_name}.{uuid.uuid4().hex[:8]}.tmp"
         try:

@@ -189,12 +189,9 @@ def create_app(settings: ServerSettings | None = None, *, store: Store | None = 
         model = str(fields.get("model") or "Whisper-Large-V3")
         if model not in SPEC_MODELS:
             raise APIError(400, f"unknown model {model!r}; models: {', '.join(SPEC_MODELS)}")
-        if model in ASYNC_MODELS and model not in _async_models_served():
-            raise APIError(400, f"model {model} (asynchronous jobs) is not available on this server yet; "
-                                f"use one of {', '.join(SYNC_MODELS)}")
         if model not in SYNC_MODELS and model not in ASYNC_MODELS:
             raise APIError(400, f"model {model} is not available on this server; "
-                                f"use one of {', '.join(SYNC_MODELS + _async_models_served())}")
+                                f"use one of {', '.join(SYNC_MODELS + ASYNC_MODELS)}")
         try:
             language = normalize_language(None if fields.get("language") is None else str(fields["language"]))
         except ValueError as exc:
@@ -439,9 +436,6 @@ def create_app(settings: ServerSettings | None = None, *, store: Store | None = 
         except InsufficientBalance as exc:  # another request spent the balance meanwhile
             raise APIError(402, str(exc)) from None
         return JSONResponse(body)
-
-    def _async_models_served() -> tuple[str, ...]:
-        return ASYNC_MODELS
 
     return app
 
