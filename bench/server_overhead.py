@@ -5,7 +5,7 @@ Run:  .venv/bin/python bench/server_overhead.py [--model Whisper-Large-V3|Wizper
 The same clips are transcribed, in one run, sequentially (one request at a time):
   (a) direct: faster_whisper.WhisperModel in this process, on the same weights
       (`resolve_model(None)`), with the same compute_type / cpu_threads / num_workers as
-      the server and the same `transcribe()` kwargs as `stt.server.engine.Engine`, audio
+      the server and the same `transcribe()` kwargs as `stt.server.whisper_engine.WhisperEngine`, audio
       decoded from the file bytes with `faster_whisper.decode_audio` (the server decodes
       too, so decoding is part of both timings);
   (b) server: the embedded server (`EmbeddedServer`, its own process, loopback HTTP),

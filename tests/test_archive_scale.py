@@ -21,7 +21,7 @@ from pydantic import SecretStr
 
 from config.settings import Settings
 from flows.transcribe_archive import transcribe_archive
-from stt.server.engine import decode
+from stt.server.audio import decode
 from tasks import tables
 from tasks.ledger import Ledger
 from tests.conftest import _normalize, audio_file

@@ -112,7 +112,7 @@ def test_every_format_decodes_whatever_name_and_type_the_client_sends(server, na
 
 def test_opus_in_ogg_decodes(server, tmp_path):
     av = pytest.importorskip("av")
-    from stt.server.engine import decode
+    from stt.server.audio import decode
 
     # Make an Opus file from real speech with PyAV itself (no ffmpeg binary needed).
     samples = decode(str(audio_file("librispeech_1995-1837-0001.wav")))
@@ -362,10 +362,10 @@ def test_32_concurrent_requests_all_get_an_answer():
 
 def test_internal_error_is_500_with_the_error_body(tmp_path):
     from stt.server.app import create_app
-    from stt.server.engine import Engine
+    from stt.server.whisper_engine import WhisperEngine
     from stt.server.settings import ServerSettings
 
-    class BrokenEngine(Engine):
+    class BrokenEngine(WhisperEngine):
         def transcribe(self, *a, **k):
             raise RuntimeError("simulated inference crash")
 

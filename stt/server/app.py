@@ -51,9 +51,11 @@ from stt.contract import (
     TranscribeResponse,
     normalize_language,
 )
-from stt.server.engine import AudioDecodeError, Engine, decode
+from stt.server.audio import AudioDecodeError, decode
+from stt.server.engine import Engine
 from stt.server.jobs import JobRunner
 from stt.server.settings import ServerSettings
+from stt.server.whisper_engine import WhisperEngine
 from stt.server.store import MICRO, InsufficientBalance, Store, hash_key
 
 log = logging.getLogger("bulkscribe.server")
@@ -117,7 +119,7 @@ def create_app(settings: ServerSettings | None = None, *, store: Store | None = 
     """Build the server. `api_keys` maps keys to the balance (USD) they start with."""
     settings = settings or ServerSettings()
     store = store or Store(settings.db_path)
-    engine = engine or Engine(settings)
+    engine = engine or WhisperEngine(settings)
     for key, balance in (api_keys or {}).items():
         store.ensure_key(key, balance)
     admission = Admission(settings.workers, settings.max_queue)

@@ -24,7 +24,8 @@ from typing import Any
 import anyio
 
 from stt.contract import Diarization, Metadata, Segment, StatusResponse, Word
-from stt.server.engine import AudioDecodeError, Engine, Transcript, decode
+from stt.server.audio import AudioDecodeError, decode
+from stt.server.engine import Engine, Transcript
 from stt.server.store import MICRO, Job, Store
 
 log = logging.getLogger("bulkscribe.server.jobs")
