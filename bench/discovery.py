@@ -1,4 +1,4 @@
-"""Benchmark tasks.sources.discover against fsspec's own ``find``.
+"""Benchmark tasks.discovery.discover against fsspec's own ``find``.
 
 The point is to show that streaming (per-page S3 listing, scandir walking)
 costs no wall time against the non-streaming baseline and keeps memory flat.
@@ -35,7 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tasks.sources import discover, filesystem_for  # noqa: E402
+from tasks.discovery import discover  # noqa: E402
+from tasks.storage import filesystem_for  # noqa: E402
 
 RATIO_GOAL = 1.3
 RSS_GOAL_MB = 400
@@ -200,7 +201,8 @@ _RSS_CHILD = textwrap.dedent(
     import sys
     sys.path.insert(0, {repo!r})
     mode, root, trace = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-    from tasks.sources import discover, filesystem_for
+    from tasks.discovery import discover
+    from tasks.storage import filesystem_for
     if trace:  # after the imports: count what discovery allocates, not module code
         import tracemalloc
         tracemalloc.start()

@@ -2,7 +2,7 @@
 
 Run:  .venv/bin/python bench/parquet_write.py [--rows 1000000] [--repeat 5]
 
-A words table (schema `tables.WORDS`) of `--rows` rows with realistic values: ~2,000
+A words table (schema `WORDS`) of `--rows` rows with realistic values: ~2,000
 distinct sources (local paths of a dated archive, 300-700 words each), their
 fingerprints, model "Elevenlabs-STT" (the model that returns words), word_index from 0
 in each source, short words alternating with " " spacings (type "word"/"spacing"),
@@ -48,6 +48,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from tasks import tables  # noqa: E402
+from tasks.rows import WORDS, FileWords, words_table  # noqa: E402
 
 RATIO_GOAL = 1.5
 MODEL = "Elevenlabs-STT"
@@ -79,7 +80,7 @@ def make_words(n_rows: int, seed: int = 7) -> tuple[list[dict], dict[str, list],
     vocab = list(VOCAB) + [f"w{i}" for i in range(2000)]  # plus rarer words (names, numbers...)
     vocab_p = np.r_[np.full(len(VOCAB), 0.7 / len(VOCAB)), np.full(2000, 0.3 / 2000)]
     rows: list[dict] = []
-    cols: dict[str, list] = {f.name: [] for f in tables.WORDS}
+    cols: dict[str, list] = {f.name: [] for f in WORDS}
     files: list = []
     for s in range(n_sources):
         n = int(counts[s])
@@ -117,14 +118,8 @@ def word_rows(url: str, fingerprint: str, model: str, words: list) -> list[dict]
 
 
 def pipeline_parts(files: list) -> list:
-    """The pipeline's in-memory form: per-file word columns, as `_success` builds them from
-    each answer when it arrives (so not part of the write), for `words_table`."""
-    return [(url, fingerprint, MODEL, {
-        "text": [w.text for w in words], "start": [w.start for w in words], "end": [w.end for w in words],
-        "type": [w.type for w in words], "speaker": [w.speaker_id for w in words]}) for url, fingerprint, words in files]
-
-
-from tasks.transcribe import words_table  # noqa: E402
+    """The pipeline's in-memory form: the words of each file as the answer gave them."""
+    return [FileWords(url, fingerprint, MODEL, words) for url, fingerprint, words in files]
 
 
 def build_rows(files: list) -> list[dict]:
@@ -136,7 +131,7 @@ def build_rows(files: list) -> list[dict]:
 
 def build_columns(files: list) -> dict[str, list]:
     """The fix: the same data appended column by column, per file."""
-    cols: dict[str, list] = {f.name: [] for f in tables.WORDS}
+    cols: dict[str, list] = {f.name: [] for f in WORDS}
     for url, fingerprint, words in files:
         n = len(words)
         cols["source"].extend([url] * n)
@@ -152,7 +147,7 @@ def build_columns(files: list) -> dict[str, list]:
 
 
 def rows_to_columns(rows: list[dict]) -> dict[str, list]:
-    names = [f.name for f in tables.WORDS]
+    names = [f.name for f in WORDS]
     return {k: [r[k] for r in rows] for k in names}
 
 
@@ -173,10 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     t0 = time.perf_counter()
     rows, cols, files = make_words(args.rows)
-    table = pa.Table.from_pydict(cols, schema=tables.WORDS)
+    table = pa.Table.from_pydict(cols, schema=WORDS)
     parts = pipeline_parts(files)
-    assert table.equals(pa.Table.from_pylist(rows, schema=tables.WORDS))
-    assert table.equals(pa.Table.from_pydict(build_columns(files), schema=tables.WORDS))
+    assert table.equals(pa.Table.from_pylist(rows, schema=WORDS))
+    assert table.equals(pa.Table.from_pydict(build_columns(files), schema=WORDS))
     n_sources = len(set(cols["source"]))
     print(f"parquet_write: {table.num_rows} rows, {n_sources} sources, {table.nbytes / 1e6:.1f} MB in Arrow, "
           f"pyarrow {pa.__version__}, compression zstd (as write_part), repeat {args.repeat}, "
@@ -215,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = {}
                 read_t[side].append(timed(lambda: result.setdefault("t", tables.read_table(str(out), "words"))))
             got = result["t"]
-            if got.num_rows != table.num_rows or not got.schema.equals(tables.WORDS):
+            if got.num_rows != table.num_rows or not got.schema.equals(WORDS):
                 raise SystemExit(f"{side}: read back {got.num_rows} rows, schema {got.schema}")
             if rep == 0 and not got.equals(table):
                 raise SystemExit(f"{side}: the table read back differs from the one written")
@@ -231,16 +226,16 @@ def main(argv: list[str] | None = None) -> int:
             for side in order:
                 run(side, rep)
             # the conversions alone (what write_part adds in front of pq.write_table)
-            conv_t["from_pylist"].append(timed(lambda: pa.Table.from_pylist(rows, schema=tables.WORDS)))
+            conv_t["from_pylist"].append(timed(lambda: pa.Table.from_pylist(rows, schema=WORDS)))
             conv_t["rows->columns+from_pydict"].append(
-                timed(lambda: pa.Table.from_pydict(rows_to_columns(rows), schema=tables.WORDS)))
-            conv_t["from_pydict"].append(timed(lambda: pa.Table.from_pydict(cols, schema=tables.WORDS)))
+                timed(lambda: pa.Table.from_pydict(rows_to_columns(rows), schema=WORDS)))
+            conv_t["from_pydict"].append(timed(lambda: pa.Table.from_pydict(cols, schema=WORDS)))
             conv_t["build_rows"].append(timed(lambda: build_rows(files)))
             conv_t["build_columns"].append(timed(lambda: build_columns(files)))
             conv_t["build_rows+from_pylist"].append(
-                timed(lambda: pa.Table.from_pylist(build_rows(files), schema=tables.WORDS)))
+                timed(lambda: pa.Table.from_pylist(build_rows(files), schema=WORDS)))
             conv_t["build_columns+from_pydict"].append(
-                timed(lambda: pa.Table.from_pydict(build_columns(files), schema=tables.WORDS)))
+                timed(lambda: pa.Table.from_pydict(build_columns(files), schema=WORDS)))
             print(f"  repetition {rep + 1}: " + " | ".join(
                 f"{s} w {write_t[s][-1]:.3f} r {read_t[s][-1]:.3f}" for s in names))
     finally:

@@ -8,7 +8,7 @@ body, so it has to get smaller first. Two ways, both here and both PyAV + numpy 
   so about 15 minutes fit in 3 MB; `estimated_reencoded_bytes` says beforehand whether
   it will fit);
 * `split_at_silences` into chunks cut where the audio is quietest, each its own small
-  Ogg/Opus file, transcribed separately and put back together by `stitch`.
+  Ogg/Opus file, transcribed separately and put back together by `tasks.stitching`.
 
 Everything streams: the source is decoded packet by packet, and splitting holds about one
 chunk of 16 kHz mono float32 PCM (600 s = 38 MB), so a multi-hour file never sits in
@@ -67,15 +67,6 @@ class Chunk:
     start_s: float  # offset of this chunk in the original audio
     end_s: float
     data: bytes  # encoded audio of this chunk (Ogg/Opus mono), < max_bytes
-
-
-@dataclass
-class TimedWord:  # what a transcription of one chunk gives back
-    text: str
-    start: float
-    end: float
-    type: str = "word"
-    speaker: str | None = None
 
 
 def _open(source) -> av.container.InputContainer:
@@ -335,35 +326,3 @@ def split_at_silences(source, *, max_chunk_s: float = 600.0, max_bytes: int = 3 
         start += cut
         pcm[: held - cut] = pcm[cut:held]
         held -= cut
-
-
-def stitch(parts: list[tuple[Chunk, str, list[TimedWord]]]) -> tuple[str, list[TimedWord]]:
-    """Join per-chunk transcripts into one, in chunk order.
-
-    Text: the chunks' texts, stripped, joined with single spaces, empty ones skipped (the
-    text is taken as the API gave it; words dropped below are not removed from it).
-    Words: shifted by chunk.start_s; a word whose shifted midpoint lies outside the
-    chunk's [start_s, end_s] is dropped (a model writing past the end of its audio);
-    the others are clamped into the chunk and so that each starts at or after the
-    previous word's end (and ends no earlier than it starts).
-    Speakers: diarization labels are per chunk, "speaker_1" of chunk 0 and of chunk 1
-    need not be the same person, so they become "c<chunk index>:<label>", e.g.
-    "c0:speaker_1". Matching speakers across chunks is not done here.
-    New TimedWord objects are returned; the inputs are not modified.
-    """
-    texts: list[str] = []
-    words: list[TimedWord] = []
-    previous_end = 0.0
-    for chunk, text, chunk_words in sorted(parts, key=lambda part: part[0].index):
-        if text and text.strip():
-            texts.append(text.strip())
-        for word in chunk_words:
-            start, end = word.start + chunk.start_s, word.end + chunk.start_s
-            if not chunk.start_s <= (start + end) / 2 <= chunk.end_s:
-                continue
-            start = min(max(start, chunk.start_s, previous_end), chunk.end_s)
-            end = min(max(end, start), chunk.end_s)
-            speaker = None if word.speaker is None else f"c{chunk.index}:{word.speaker}"
-            words.append(TimedWord(text=word.text, start=start, end=end, type=word.type, speaker=speaker))
-            previous_end = end
-    return " ".join(texts), words

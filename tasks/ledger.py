@@ -17,20 +17,16 @@ cheap even for a very large archive.
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from tasks.sources import filesystem_for
-from tasks.tables import is_local
+from tasks import storage
 
 
 class Ledger:
     def __init__(self, out: str, storage_options: dict | None = None) -> None:
-        self.fs, root = filesystem_for(out, storage_options)
+        self.fs, root = storage.filesystem_for(out, storage_options)
         self.root = root.rstrip("/") + "/_ledger"
-        self._local = is_local(self.fs)
 
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}.json"
@@ -53,17 +49,7 @@ class Ledger:
     def write(self, key: str, entry: dict[str, Any]) -> None:
         entry = {**entry, "updated_at": datetime.now(UTC).isoformat()}
         data = json.dumps(entry, sort_keys=True).encode()
-        path = self._path(key)
-        if self._local:
-            os.makedirs(self.root, exist_ok=True)
-            tmp = f"{self.root}/.{key}.{uuid.uuid4().hex[:8]}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        else:
-            self.fs.pipe_file(path, data)
+        storage.write_atomic(self.fs, self._path(key), lambda f: f.write(data), durable=True)
 
     def clear(self, keys: list[str]) -> None:
         for key in keys:

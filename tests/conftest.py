@@ -45,7 +45,7 @@ def reference(file_name: str) -> str:
     pytest.skip(f"no reference for {file_name}")
 
 
-def _normalize(text: str) -> list[str]:
+def normalize(text: str) -> list[str]:
     text = unicodedata.normalize("NFKC", text).lower()
     text = re.sub(r"[^\w\s']", " ", text)
     return text.split()
@@ -53,7 +53,7 @@ def _normalize(text: str) -> list[str]:
 
 def wer(reference_text: str, hypothesis: str) -> float:
     """Word error rate after lower-casing and stripping punctuation on both sides."""
-    ref, hyp = _normalize(reference_text), _normalize(hypothesis)
+    ref, hyp = normalize(reference_text), normalize(hypothesis)
     prev = list(range(len(hyp) + 1))
     for i, r in enumerate(ref, 1):
         cur = [i] + [0] * len(hyp)
@@ -61,6 +61,42 @@ def wer(reference_text: str, hypothesis: str) -> float:
             cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
         prev = cur
     return prev[-1] / max(1, len(ref))
+
+
+# -- which tests ran on the real model ------------------------------------------------------
+
+REAL_MODEL = "real_model"
+_real_model_ran: set[str] = set()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the session's real server runs on the real model, marked or not."""
+    for item in items:
+        if "server" in getattr(item, "fixturenames", ()):
+            item.add_marker(REAL_MODEL)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" and REAL_MODEL in report.keywords:
+        _real_model_ran.add(report.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001 - pytest's hook
+    terminalreporter.write_line(f"{len(_real_model_ran)} tests ran on the real model")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def files_url():
+    """A static HTTP server on loopback serving the speech set (see tests/fake_server.py)."""
+    from tests.fake_server import file_server
+
+    with file_server(SHARED_AUDIO if SHARED_AUDIO.is_dir() else SAMPLES) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -100,27 +136,27 @@ _AWS_VARS = (
 
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _no_proxy_for_loopback(mp: pytest.MonkeyPatch) -> None:
+def no_proxy_for_loopback(mp: pytest.MonkeyPatch) -> None:
     """botocore/aiohttp/httpx honour HTTP(S)_PROXY; a proxy cannot reach our loopback server."""
     for var in ("NO_PROXY", "no_proxy"):
         current = os.environ.get(var, "")
         mp.setenv(var, ",".join(x for x in (current, "127.0.0.1", "localhost") if x))
 
 
-def _isolate_aws(mp: pytest.MonkeyPatch, tmp_dir: str) -> None:
+def isolate_aws(mp: pytest.MonkeyPatch, tmp_dir: str) -> None:
     """Drop every AWS_* setting and the user's ~/.aws files."""
     for var in _AWS_VARS:
         mp.delenv(var, raising=False)
     mp.setenv("AWS_CONFIG_FILE", os.path.join(tmp_dir, "no-aws-config"))
     mp.setenv("AWS_SHARED_CREDENTIALS_FILE", os.path.join(tmp_dir, "no-aws-credentials"))
     mp.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no 1 s IMDS probes when creds are missing
-    _no_proxy_for_loopback(mp)
+    no_proxy_for_loopback(mp)
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +165,8 @@ def s3_server():
     from moto.server import ThreadedMotoServer
 
     with pytest.MonkeyPatch.context() as mp:
-        _no_proxy_for_loopback(mp)  # for module-scoped clients created before s3_env
-        port = _free_port()
+        no_proxy_for_loopback(mp)  # for module-scoped clients created before s3_env
+        port = free_port()
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         server.start()
         try:
@@ -142,7 +178,7 @@ def s3_server():
 @pytest.fixture
 def s3_env(s3_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
     """Standard AWS variables pointing at the moto server; restored after the test."""
-    _isolate_aws(monkeypatch, str(tmp_path_factory.mktemp("aws")))
+    isolate_aws(monkeypatch, str(tmp_path_factory.mktemp("aws")))
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")

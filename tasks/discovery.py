@@ -1,5 +1,8 @@
 """Audio discovery over fsspec: local folders, S3 and anything else fsspec can list.
 
+Discovery only discovers: storage access (filesystems, presigning, writes) is in
+`tasks.storage`.
+
 Discovery is a generator on purpose: archives hold millions of files, and the
 flow should start transcribing the first ones before the listing is finished,
 without ever holding the whole listing in memory.
@@ -18,8 +21,9 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import fsspec
-from fsspec.core import split_protocol, url_to_fs
 from fsspec.implementations.local import LocalFileSystem
+
+from tasks.storage import filesystem_for
 
 if TYPE_CHECKING:
     from re import Pattern
@@ -28,12 +32,8 @@ logger = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = (".mp3", ".wav", ".m4a", ".aac", ".ogg", ".oga", ".opus", ".flac", ".webm", ".mp4")
 
-_S3_PROTOCOLS = ("s3", "s3a")
-_LOCAL_PROTOCOLS = ("file", "local")
-# SigV4 caps presigned URLs at 7 days; asking for more fails only when the URL is used.
-_MAX_PRESIGN_S = 7 * 24 * 3600
 # S3's own maximum page; a named constant so tests can exercise paging with few objects.
-_S3_PAGE_SIZE = 1000
+S3_PAGE_SIZE = 1000
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -77,16 +77,6 @@ class DiscoveryFilter:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def is_remote(url: str) -> bool:
-    """True unless the URL points at the local disk.
-
-    Chained URLs (``simplecache::s3://...``) count as remote because the data
-    ultimately lives elsewhere.
-    """
-    protocol, _ = split_protocol(url)
-    return protocol is not None and protocol not in _LOCAL_PROTOCOLS
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -203,57 +193,6 @@ def _is_hidden(rel: str) -> bool:
     return rel.startswith(".") or "/." in rel
 
 
-# --------------------------------------------------------------------------- filesystems
-
-
-def _env_endpoint() -> str | None:
-    """The endpoint botocore would take from the environment, if any.
-
-    botocore (>= 1.31, and the aiobotocore used by s3fs) already honours
-    AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL by itself. We still read them here
-    so that the value becomes part of the filesystem's constructor arguments:
-    fsspec caches instances by those arguments only, and without this an
-    instance built for one endpoint would be silently reused after the
-    environment points somewhere else (a new test server, a new profile).
-    """
-    if os.environ.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() == "true":
-        return None
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
-
-
-def _s3_options(storage_options: dict | None) -> dict[str, Any]:
-    opts = dict(storage_options or {})
-    client_kwargs = dict(opts.get("client_kwargs") or {})
-    if not opts.get("endpoint_url") and not client_kwargs.get("endpoint_url"):
-        endpoint = _env_endpoint()
-        if endpoint:
-            client_kwargs["endpoint_url"] = endpoint
-    if client_kwargs:
-        opts["client_kwargs"] = client_kwargs
-    config_kwargs = dict(opts.get("config_kwargs") or {})
-    # botocore presigns with legacy SigV2 in us-east-1 and with custom
-    # endpoints; SigV2 is refused by newer regions and many S3 clones. Requests
-    # themselves are SigV4 either way, so this only changes presigned URLs.
-    config_kwargs.setdefault("signature_version", "s3v4")
-    opts["config_kwargs"] = config_kwargs
-    return opts
-
-
-def filesystem_for(url: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """fsspec filesystem + root path (protocol stripped) for a URL.
-
-    Credentials, region and profile are left to botocore's own chain so that
-    AWS_* variables, ~/.aws/config and instance roles all work unchanged;
-    explicit storage_options are passed as constructor arguments and so win.
-    """
-    protocol, _ = split_protocol(url)
-    if protocol in _S3_PROTOCOLS:
-        return url_to_fs(url, **_s3_options(storage_options))
-    if protocol is None:
-        url = os.path.abspath(os.path.expanduser(url))
-    return url_to_fs(url, **(storage_options or {}))
-
-
 # --------------------------------------------------------------------------- discovery
 
 
@@ -287,7 +226,7 @@ def discover(
 
 def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    return any(p in _S3_PROTOCOLS for p in protocols)
+    return any(p in ("s3", "s3a") for p in protocols)
 
 
 def _local_file(path: str, st: os.stat_result) -> AudioFile:
@@ -401,7 +340,7 @@ def _discover_s3(fs: Any, root: str, m: _Matcher) -> Iterator[AudioFile]:
             yield _s3_file(bucket, key, head["ContentLength"], head.get("LastModified"), head.get("ETag"))
             return
     prefix = key.rstrip("/") + "/" if key else ""
-    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": _S3_PAGE_SIZE}
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": S3_PAGE_SIZE}
     while True:
         page = fs.call_s3("list_objects_v2", **kwargs)
         for obj in page.get("Contents", ()):
@@ -503,22 +442,3 @@ def _discover_generic(fs: fsspec.AbstractFileSystem, root: str, m: _Matcher) -> 
         audio = _generic_file(fs, item)
         if m.time_ok(audio.modified):
             yield audio
-
-
-# --------------------------------------------------------------------------- presign
-
-
-def presign(file_url: str, expires_s: int = 900, storage_options: dict | None = None) -> str:
-    """A time-limited GET URL, so the STT API can fetch the object itself
-    instead of bulkscribe streaming the bytes through. The URL is a bearer
-    credential: callers must not log it."""
-    if not 1 <= expires_s <= _MAX_PRESIGN_S:
-        raise ValueError(f"expires_s must be between 1 and {_MAX_PRESIGN_S}")
-    protocol, _ = split_protocol(file_url)
-    if protocol not in _S3_PROTOCOLS:
-        raise ValueError(f"cannot presign {protocol or 'local'} paths; only S3 objects can be presigned")
-    fs, path = filesystem_for(file_url, storage_options)
-    _, key, _ = fs.split_path(path)
-    if not key or key.endswith("/"):
-        raise ValueError("presign needs an object URL, not a bucket or prefix")
-    return fs.url(path, expires=expires_s)

@@ -1,4 +1,4 @@
-"""`bulkscribe` command line: `run` (the flow) and `serve` (the embedded server).
+"""`bulkscribe run SOURCE --out OUT`: the flow, from the command line.
 
 Settings are loaded here, once, from the environment / .env and the flags, and passed
 down to the flow.
@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
+from typing import Any
 
 
 def _prefect_offline_defaults() -> None:
@@ -21,15 +22,7 @@ def _prefect_offline_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
-def _date(text: str) -> datetime:
-    value = datetime.fromisoformat(text)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bulkscribe", description="Audio archives to Parquet tables.")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def register(sub: Any) -> None:
     run = sub.add_parser("run", help="transcribe every audio file under SOURCE into Parquet tables under OUT")
     run.add_argument("source", help="folder, file or fsspec URL (s3://bucket/prefix)")
     run.add_argument("--out", required=True, help="output folder or fsspec URL")
@@ -41,8 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--concurrency", type=int, help="requests in flight per task (default 4)")
     run.add_argument("--include", action="append", default=[], help="glob on the path under SOURCE (repeatable)")
     run.add_argument("--exclude", action="append", default=[], help="glob to skip (repeatable)")
-    run.add_argument("--modified-since", type=_date, help="only files modified at or after (ISO date/time)")
-    run.add_argument("--modified-before", type=_date, help="only files modified before (ISO date/time)")
+    run.add_argument("--modified-since", type=datetime.fromisoformat,
+                     help="only files modified at or after (ISO date/time, UTC if no zone)")
+    run.add_argument("--modified-before", type=datetime.fromisoformat,
+                     help="only files modified before (ISO date/time, UTC if no zone)")
     run.add_argument("--max-files", type=int, help="stop discovery after this many files")
     run.add_argument("--diarize", action="store_true", default=None, help="speaker diarization (Elevenlabs-STT)")
     run.add_argument("--tag-audio-events", action="store_true", default=None,
@@ -54,31 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resend-unknown", action="store_true", default=None,
                      help="re-send requests whose answer was lost in an earlier run (may pay twice)")
 
-    serve = sub.add_parser("serve", help="run the embedded NanoGPT-compatible server")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8765)
-    serve.add_argument("--api-key", help="key to accept (or BULKSCRIBE_SERVER_BOOTSTRAP_KEY)")
-    serve.add_argument("--balance", type=float, default=10.0, help="USD balance a new key starts with")
-    serve.add_argument("--db", help="SQLite file for keys, balances, charges and jobs")
-    serve.add_argument("--model-dir", help="CTranslate2 Whisper dir or hub id (default: bundled Whisper base)")
-    return p
 
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "serve":
-        from stt.server.__main__ import main as serve_main
-
-        forwarded = ["--host", args.host, "--port", str(args.port), "--balance", str(args.balance)]
-        for flag, value in (("--api-key", args.api_key), ("--db", args.db), ("--model-dir", args.model_dir)):
-            if value:
-                forwarded += [flag, value]
-        return serve_main(forwarded)
-
+def main(args: argparse.Namespace) -> int:
     _prefect_offline_defaults()
     from config.settings import Settings
-    from flows.transcribe_archive import RunAborted, transcribe_archive
-    from tasks.sources import DiscoveryFilter
+    from flows.errors import RunAborted
+    from flows.transcribe_archive import transcribe_archive
+    from tasks.discovery import DiscoveryFilter
 
     overrides = {k: v for k, v in {
         "api_url": args.api_url, "model": args.model, "language": args.language,
@@ -98,7 +75,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(summary.render())
     return 1 if summary.failed and not summary.transcribed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

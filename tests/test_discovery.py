@@ -1,4 +1,4 @@
-"""tasks.sources against real servers: a moto S3 server over HTTP and real temp dirs.
+"""tasks.discovery and tasks.storage against real servers: a moto S3 server over HTTP and real temp dirs.
 
 Nothing is mocked: listing, ETags, LastModified and presigned URLs all come
 from the moto server, so these tests catch s3fs/botocore behaviour changes.
@@ -18,23 +18,16 @@ import boto3
 import httpx
 import pytest
 
-from tasks import sources
-from tests.conftest import _free_port, _isolate_aws
-from tasks.sources import (
-    AUDIO_EXTENSIONS,
-    AudioFile,
-    DiscoveryFilter,
-    discover,
-    filesystem_for,
-    is_remote,
-    presign,
-)
+from tasks import discovery
+from tasks.discovery import AUDIO_EXTENSIONS, AudioFile, DiscoveryFilter, discover
+from tasks.storage import filesystem_for, is_remote, presign
+from tests.conftest import free_port, isolate_aws
 
 @pytest.fixture(scope="module")
 def s3_client(s3_server: str, tmp_path_factory: pytest.TempPathFactory):
     """Independent of the code under test, to seed buckets."""
     with pytest.MonkeyPatch.context() as mp:
-        _isolate_aws(mp, str(tmp_path_factory.mktemp("aws")))  # a stray AWS_PROFILE must not break setup
+        isolate_aws(mp, str(tmp_path_factory.mktemp("aws")))  # a stray AWS_PROFILE must not break setup
         return boto3.client(
             "s3",
             endpoint_url=s3_server,
@@ -212,7 +205,7 @@ def test_local_broken_symlinks_and_loops_are_skipped(tmp_path, caplog):
     (tmp_path / "d").mkdir()
     _touch(tmp_path / "d" / "in.wav")
     (tmp_path / "d" / "up").symlink_to(tmp_path, target_is_directory=True)  # cycle
-    with caplog.at_level(logging.WARNING, logger="tasks.sources"):
+    with caplog.at_level(logging.WARNING, logger="tasks.discovery"):
         names = _rel(list(discover(str(tmp_path))), str(tmp_path))
     assert names == ["d/in.wav", "link.wav", "real.wav"]
     text = caplog.text
@@ -226,7 +219,7 @@ def test_local_unreadable_dir_is_skipped(tmp_path, caplog):
     _touch(locked / "secret.wav")
     locked.chmod(0)
     try:
-        with caplog.at_level(logging.WARNING, logger="tasks.sources"):
+        with caplog.at_level(logging.WARNING, logger="tasks.discovery"):
             assert [f.name for f in discover(str(tmp_path))] == ["ok.wav"]
         assert "locked" in caplog.text
     finally:
@@ -288,7 +281,7 @@ def test_s3_extensions_recursion_hidden_and_order(s3_env, s3_tree):
 
 
 def test_s3_paging(s3_env, s3_tree, monkeypatch):
-    monkeypatch.setattr(sources, "_S3_PAGE_SIZE", 2)  # real paging with a handful of keys
+    monkeypatch.setattr(discovery, "S3_PAGE_SIZE", 2)  # real paging with a handful of keys
     files = list(discover(f"s3://{s3_tree}/audio"))
     assert _rel(files, f"s3://{s3_tree}/audio") == EXPECTED
 
@@ -324,7 +317,7 @@ def test_s3_modified_window(s3_env, s3_client, bucket):
 
 
 def test_s3_max_files(s3_env, s3_tree, monkeypatch):
-    monkeypatch.setattr(sources, "_S3_PAGE_SIZE", 2)
+    monkeypatch.setattr(discovery, "S3_PAGE_SIZE", 2)
     got = list(discover(f"s3://{s3_tree}/audio", DiscoveryFilter(max_files=3)))
     assert _rel(got, f"s3://{s3_tree}/audio") == EXPECTED[:3]
 
@@ -366,7 +359,7 @@ def test_presign_rejects_bad_requests(s3_env):
 
 
 def test_explicit_storage_options_without_env(s3_server, s3_client, bucket, monkeypatch, tmp_path):
-    _isolate_aws(monkeypatch, str(tmp_path))  # no AWS_* at all
+    isolate_aws(monkeypatch, str(tmp_path))  # no AWS_* at all
     s3_client.put_object(Bucket=bucket, Key="x/one.wav", Body=b"one")
     opts = {
         "endpoint_url": s3_server,
@@ -380,8 +373,8 @@ def test_explicit_storage_options_without_env(s3_server, s3_client, bucket, monk
 
 
 def test_explicit_storage_options_win_over_env(s3_server, s3_client, bucket, monkeypatch, tmp_path):
-    _isolate_aws(monkeypatch, str(tmp_path))
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")  # nothing listens
+    isolate_aws(monkeypatch, str(tmp_path))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "wrong")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
@@ -394,6 +387,12 @@ def test_explicit_storage_options_win_over_env(s3_server, s3_client, bucket, mon
     assert [f.name for f in discover(f"s3://{bucket}", storage_options=opts)] == ["two.wav"]
 
 
-def test_default_extensions_are_the_documented_set():
-    assert DiscoveryFilter().extensions == AUDIO_EXTENSIONS
-    assert ".wav" in AUDIO_EXTENSIONS and ".flac" in AUDIO_EXTENSIONS
+def test_every_documented_format_is_discovered_whatever_the_case(tmp_path):
+    """README: MP3, WAV, M4A/AAC, OGG (Vorbis, Opus), FLAC are picked up; other files are not."""
+    names = ["a.mp3", "b.WAV", "c.m4a", "d.aac", "e.ogg", "f.opus", "g.Flac", "h.oga", "notes.txt", "cover.jpg",
+             "mp3", "x.wav.part"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    found = sorted(f.name for f in discover(str(tmp_path)))
+    assert found == ["a.mp3", "b.WAV", "c.m4a", "d.aac", "e.ogg", "f.opus", "g.Flac", "h.oga"]
+    assert {".mp3", ".wav", ".m4a", ".aac", ".ogg", ".opus", ".flac"} <= set(AUDIO_EXTENSIONS)

@@ -1,0 +1,5 @@
+"""Why a run cannot start or go on."""
+
+
+class RunAborted(RuntimeError):
+    """The run cannot go on (bad key, no money...): nothing more is sent."""

@@ -1,0 +1,169 @@
+"""Where bytes live: local disks, S3 and anything else fsspec opens.
+
+Every other module reaches storage through these functions, so that filesystem
+resolution (S3 endpoint and signature options), the local/remote test, presigned URLs
+and the one atomic write are decided in one place.
+
+Atomic writes: on a local disk a file is written under a dot-prefixed temporary name in
+the same folder (no `*.parquet` or `*.json` glob matches it), flushed to disk and renamed
+into place; on object stores an object only appears once its upload completes, so it is
+written in place.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from typing import IO, Any
+
+import fsspec
+from fsspec.core import split_protocol, url_to_fs
+
+_S3_PROTOCOLS = ("s3", "s3a")
+_LOCAL_PROTOCOLS = ("file", "local")
+# SigV4 caps presigned URLs at 7 days; asking for more fails only when the URL is used.
+MAX_PRESIGN_S = 7 * 24 * 3600
+
+Writer = Callable[[IO[bytes]], None]
+
+
+def is_remote(url: str) -> bool:
+    """True unless the URL points at the local disk.
+
+    Chained URLs (``simplecache::s3://...``) count as remote because the data
+    ultimately lives elsewhere.
+    """
+    protocol, _ = split_protocol(url)
+    return protocol is not None and protocol not in _LOCAL_PROTOCOLS
+
+
+def is_s3(url: str) -> bool:
+    return split_protocol(url)[0] in _S3_PROTOCOLS
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def env_endpoint() -> str | None:
+    """The S3 endpoint botocore would take from the environment, if any.
+
+    botocore (>= 1.31, and the aiobotocore used by s3fs) already honours
+    AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL by itself. We still read them here
+    so that the value becomes part of the filesystem's constructor arguments:
+    fsspec caches instances by those arguments only, and without this an
+    instance built for one endpoint would be silently reused after the
+    environment points somewhere else (a new test server, a new profile).
+    """
+    if os.environ.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() == "true":
+        return None
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def s3_endpoint(storage_options: dict[str, Any] | None) -> str | None:
+    """The S3 endpoint a run uses: explicit options first, then the environment."""
+    opts = storage_options or {}
+    client_kwargs = opts.get("client_kwargs") or {}
+    return opts.get("endpoint_url") or client_kwargs.get("endpoint_url") or env_endpoint()
+
+
+def _s3_options(storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    opts = dict(storage_options or {})
+    client_kwargs = dict(opts.get("client_kwargs") or {})
+    if not opts.get("endpoint_url") and not client_kwargs.get("endpoint_url"):
+        endpoint = env_endpoint()
+        if endpoint:
+            client_kwargs["endpoint_url"] = endpoint
+    if client_kwargs:
+        opts["client_kwargs"] = client_kwargs
+    config_kwargs = dict(opts.get("config_kwargs") or {})
+    # botocore presigns with legacy SigV2 in us-east-1 and with custom
+    # endpoints; SigV2 is refused by newer regions and many S3 clones. Requests
+    # themselves are SigV4 either way, so this only changes presigned URLs.
+    config_kwargs.setdefault("signature_version", "s3v4")
+    opts["config_kwargs"] = config_kwargs
+    return opts
+
+
+def filesystem_for(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """fsspec filesystem + path (protocol stripped) for a URL.
+
+    Credentials, region and profile are left to botocore's own chain so that
+    AWS_* variables, ~/.aws/config and instance roles all work unchanged;
+    explicit storage_options are passed as constructor arguments and so win.
+    """
+    protocol, _ = split_protocol(url)
+    if protocol in _S3_PROTOCOLS:
+        return url_to_fs(url, **_s3_options(storage_options))
+    if protocol is None:
+        url = os.path.abspath(os.path.expanduser(url))
+    return url_to_fs(url, **(storage_options or {}))
+
+
+def join(url: str, *parts: str) -> str:
+    return "/".join([url.rstrip("/"), *parts])
+
+
+def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> bytes:
+    fs, path = filesystem_for(url, storage_options)
+    with fs.open(path, "rb") as fh:
+        return fh.read()
+
+
+def write_atomic(fs: fsspec.AbstractFileSystem, path: str, write: Writer, *, durable: bool = False) -> None:
+    """Write `path` so that readers see the whole file or nothing.
+
+    `durable`: also fsync before the rename (the ledger needs it: its entries must
+    survive a power cut; a table part can be rebuilt from the ledger).
+    """
+    if not is_local(fs):
+        with fs.open(path, "wb") as f:
+            write(f)
+        return
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def copy(src_url: str, dst_url: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Stream one object to another place (e.g. a local file to a staging bucket)."""
+    sfs, spath = filesystem_for(src_url, storage_options)
+    dfs, dpath = filesystem_for(dst_url, storage_options)
+    with sfs.open(spath, "rb") as src, dfs.open(dpath, "wb") as dst:
+        shutil.copyfileobj(src, dst, 8 * 1024 * 1024)
+
+
+def remove(url: str, storage_options: dict[str, Any] | None = None) -> None:
+    fs, path = filesystem_for(url, storage_options)
+    try:
+        fs.rm_file(path)
+    except FileNotFoundError:
+        pass
+
+
+def presign(file_url: str, expires_s: int = 900, storage_options: dict[str, Any] | None = None) -> str:
+    """A time-limited GET URL, so the STT API can fetch the object itself
+    instead of bulkscribe streaming the bytes through. The URL is a bearer
+    credential: callers must not log it."""
+    if not 1 <= expires_s <= MAX_PRESIGN_S:
+        raise ValueError(f"expires_s must be between 1 and {MAX_PRESIGN_S}")
+    protocol, _ = split_protocol(file_url)
+    if protocol not in _S3_PROTOCOLS:
+        raise ValueError(f"cannot presign {protocol or 'local'} paths; only S3 objects can be presigned")
+    fs, path = filesystem_for(file_url, storage_options)
+    _, key, _ = fs.split_path(path)
+    if not key or key.endswith("/"):
+        raise ValueError("presign needs an object URL, not a bucket or prefix")
+    return str(fs.url(path, expires=expires_s))

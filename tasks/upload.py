@@ -1,0 +1,147 @@
+"""How a file travels to the API: the upload plan, chosen by size and place.
+
+<= the direct limit: multipart upload. Larger, in object storage (<= 500 MB): a presigned
+URL of short expiry. Larger and local: a staging bucket + presigned URL when one is
+configured, else re-encoded to 16 kHz mono Opus when that fits the direct limit, else
+chunks cut at silences. Over 500 MB anywhere: chunks.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from stt import errors
+from tasks import audio_prep, storage
+from tasks.discovery import AudioFile
+
+
+@dataclass(frozen=True)
+class UploadPolicy:
+    """The limits and places that decide a file's upload mode."""
+
+    max_direct_upload_bytes: int
+    max_url_bytes: int
+    staging_url: str | None = None
+    presign_expires_s: int = 900
+    chunk_seconds: float = 600.0
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Unit:
+    """What one request carries: bytes for a direct upload, or a URL the API fetches.
+
+    `start_s`/`end_s` place a chunk in the file (0/None for a whole file)."""
+
+    index: int
+    start_s: float
+    end_s: float | None
+    data: bytes | None = None
+    url: str | None = None
+    name: str | None = None
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass
+class UploadPlan:
+    mode: str  # direct | url | staged | reencode | chunks
+    #: The plan's request(s); chunks are produced lazily, one in memory at a time.
+    units: Callable[[], Iterator[Unit]]
+    single: bool = True
+    duration_s: float | None = None
+    estimated_cost: float | None = None
+    cleanup: Callable[[], None] = _nothing
+
+
+def plan_upload(f: AudioFile, policy: UploadPolicy, key: str, *, price_per_min: float | None,
+                dry_run: bool = False, probe: bool = True) -> UploadPlan:
+    """Choose how `f` travels (blocking: run it in a thread). `key` names staged copies."""
+
+    def cost(duration_s: float | None) -> float | None:
+        return None if duration_s is None or price_per_min is None else duration_s / 60.0 * price_per_min
+
+    if f.size <= policy.max_direct_upload_bytes:
+        data = storage.read_bytes(f.url, policy.storage_options)
+        duration = _probe_or_none(data) if probe else None
+        return UploadPlan("direct", lambda: iter([Unit(0, 0.0, None, data=data)]), duration_s=duration,
+                          estimated_cost=cost(duration))
+
+    duration = _probe_large(f, policy)
+    fits_url = f.size <= policy.max_url_bytes
+    url = _presigned(f.url, policy) if fits_url and storage.is_remote(f.url) else None
+    if url:
+        return UploadPlan("url", lambda: iter([Unit(0, 0.0, None, url=url)]), duration_s=duration,
+                          estimated_cost=cost(duration))
+    if fits_url and policy.staging_url:
+        if dry_run:
+            return UploadPlan("staged", lambda: iter(()), duration_s=duration, estimated_cost=cost(duration))
+        return _staged(f, policy, key, duration, cost(duration))
+    if audio_prep.estimated_reencoded_bytes(duration) < policy.max_direct_upload_bytes:
+        return UploadPlan("reencode", lambda: _reencoded(f, policy), duration_s=duration,
+                          estimated_cost=cost(duration))
+    return UploadPlan("chunks", lambda: _chunks(f, policy), single=False, duration_s=duration,
+                      estimated_cost=cost(duration))
+
+
+def _probe_or_none(data: bytes) -> float | None:
+    try:
+        return audio_prep.probe(io.BytesIO(data)).duration_s
+    except audio_prep.AudioPrepError:
+        return None  # let the API say what is wrong with it
+
+
+def _probe_large(f: AudioFile, policy: UploadPolicy) -> float:
+    fs, path = storage.filesystem_for(f.url, policy.storage_options)
+    with fs.open(path, "rb") as fh:
+        try:
+            return audio_prep.probe(fh).duration_s
+        except audio_prep.AudioPrepError as exc:
+            raise errors.BadRequest(f"cannot read the audio of this large file: {exc}") from None
+
+
+def _presigned(url: str, policy: UploadPolicy) -> str | None:
+    try:
+        return storage.presign(url, policy.presign_expires_s, policy.storage_options)
+    except ValueError:
+        return None
+
+
+def _staged(f: AudioFile, policy: UploadPolicy, key: str, duration: float, cost: float | None) -> UploadPlan:
+    assert policy.staging_url is not None
+    staged = storage.join(policy.staging_url, key + _ext(f.name))
+    storage.copy(f.url, staged, policy.storage_options)
+    url = storage.presign(staged, policy.presign_expires_s, policy.storage_options)
+    return UploadPlan("staged", lambda: iter([Unit(0, 0.0, None, url=url)]), duration_s=duration,
+                      estimated_cost=cost, cleanup=lambda: storage.remove(staged, policy.storage_options))
+
+
+def _reencoded(f: AudioFile, policy: UploadPolicy) -> Iterator[Unit]:
+    fs, path = storage.filesystem_for(f.url, policy.storage_options)
+    with fs.open(path, "rb") as fh:
+        data = audio_prep.reencode(fh)
+    if len(data) > policy.max_direct_upload_bytes:  # the estimate is an upper bound; belt and braces
+        raise audio_prep.AudioPrepError(
+            f"re-encoded audio is {len(data)} bytes, still over the {policy.max_direct_upload_bytes}-byte limit")
+    yield Unit(0, 0.0, None, data=data, name=_stem(f.name) + ".ogg")
+
+
+def _chunks(f: AudioFile, policy: UploadPolicy) -> Iterator[Unit]:
+    fs, path = storage.filesystem_for(f.url, policy.storage_options)
+    with fs.open(path, "rb") as fh:
+        for c in audio_prep.split_at_silences(fh, max_chunk_s=policy.chunk_seconds,
+                                              max_bytes=policy.max_direct_upload_bytes):
+            yield Unit(c.index, c.start_s, c.end_s, data=c.data, name=f"{_stem(f.name)}.part{c.index}.ogg")
+
+
+def _ext(name: str) -> str:
+    return "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""
+
+
+def _stem(name: str) -> str:
+    return name.rsplit(".", 1)[0]
