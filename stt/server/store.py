@@ -122,18 +122,12 @@ class Store:
 
     # -- keys ---------------------------------------------------------------------------
 
-    def ensure_key(self, api_key: str, balance_usd: float, *, reset: bool = False) -> None:
-        """Create the key with that balance; an existing key keeps its balance unless reset."""
+    def ensure_key(self, api_key: str, balance_usd: float) -> None:
+        """Create the key with that balance; an existing key keeps its balance."""
         with self._lock:
-            if reset:
-                self._db.execute(
-                    "INSERT INTO api_keys VALUES (?, ?, ?) ON CONFLICT(key_hash) DO UPDATE SET balance_micro=excluded.balance_micro",
-                    (hash_key(api_key), to_micro(balance_usd), _now()),
-                )
-            else:
-                self._db.execute(
-                    "INSERT OR IGNORE INTO api_keys VALUES (?, ?, ?)", (hash_key(api_key), to_micro(balance_usd), _now())
-                )
+            self._db.execute(
+                "INSERT OR IGNORE INTO api_keys VALUES (?, ?, ?)", (hash_key(api_key), to_micro(balance_usd), _now())
+            )
 
     def key_exists(self, key_hash: str) -> bool:
         with self._lock:
