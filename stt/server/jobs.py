@@ -161,9 +161,9 @@ def build_result(t: Transcript, *, turns=None, events=None) -> dict[str, Any]:
         prev_end = end
 
     if from_turns:
-        from stt.server.diarize import speaker_at
+        from stt.server.diarize import assign_speakers
 
-        raw = [speaker_at(turns, w.start, w.end) for w in words]
+        raw = assign_speakers(turns, [(w.start, w.end) for w in words])  # overlap: the dominant voice
         order: dict[int, int] = {}  # renumber by first spoken word: speaker_0 talks first
         for s in raw:
             if s is not None and s not in order:
