@@ -12,8 +12,9 @@ split it). faster-whisper (word_timestamps=True, beam 5) transcribes it and:
     and |last word end - segment end| (words go to the segment that contains, or is
     nearest to, their midpoint);
   * word speaker accuracy: share of words whose speaker from
-    stt.server.diarize.speaker_at(turns, word.start, word.end) matches the reference
-    speaker of their segment (after the best one-to-one label mapping);
+    stt.server.diarize.assign_speakers(turns, spans) (what the server answers: in overlapped
+    speech the dominant voice) matches the reference speaker of their segment (after the
+    best one-to-one label mapping);
   * timing: transcription and diarization wall/CPU time on the same audio, and their ratio.
 
 The Whisper model: --model, else $BULKSCRIBE_SERVER_WHISPER_MODEL, else the project's
@@ -66,7 +67,7 @@ def run(model: str | None = None, repeat: int = 1, beam_size: int = 5) -> dict:
     from faster_whisper import WhisperModel
     from scipy.optimize import linear_sum_assignment
 
-    from stt.server.diarize import Diarizer, speaker_at
+    from stt.server.diarize import Diarizer, assign_speakers
 
     audio, ref, _ = der_bench.build_conversation()
     dur = len(audio) / SR
@@ -105,14 +106,13 @@ def run(model: str | None = None, repeat: int = 1, beam_size: int = 5) -> dict:
             f"{s:6.2f}-{e:6.2f}s {spk:>3s} {ws[0].word.strip()[:12]:>12s} {se:+9.2f} {ws[-1].word.strip()[:12]:>12s} {ee:+8.2f}  {text[:60]}"
         )
 
-    # word speaker accuracy via speaker_at, best one-to-one mapping of labels
+    # word speaker accuracy via assign_speakers, best one-to-one mapping of labels
     ref_spk = sorted({spk for _, _, spk in ref})
     hyp_spk = sorted({t.speaker for t in turns}) or [0]
     counts = np.zeros((len(ref_spk), len(hyp_spk)))
     pairs = []
     for i, ws in by_seg.items():
-        for w in ws:
-            h = speaker_at(turns, w.start, w.end)
+        for w, h in zip(ws, assign_speakers(turns, [(w.start, w.end) for w in ws])):
             r = ref[i][2]
             pairs.append((r, h))
             if h is not None:
@@ -143,7 +143,7 @@ def run(model: str | None = None, repeat: int = 1, beam_size: int = 5) -> dict:
         f"end MAE {summary['end_mae_s']:.3f} s, median {summary['boundary_median_s']:.3f} s, "
         f"max {summary['boundary_max_s']:.3f} s, {100 * summary['within_0.2s']:.0f}% within 0.2 s"
     )
-    print(f"word speaker accuracy (speaker_at on diarization turns): {100 * acc:.1f}% of {len(pairs)} words")
+    print(f"word speaker accuracy (assign_speakers on diarization turns): {100 * acc:.1f}% of {len(pairs)} words")
     print(
         f"time on {dur:.1f} s of audio: transcription (whisper, beam {beam_size}, word timestamps) "
         f"{t_wall:.2f} s wall / {t_cpu:.2f} s CPU; diarization {d_wall:.2f} s wall / {d_cpu:.2f} s CPU; "
