@@ -32,6 +32,8 @@ class BatchResult:
     audio_s: float = 0.0
     cost: float = 0.0
     failures: list[str] = field(default_factory=list)  # "source: message", for the summary
+    #: (source, reason) of each failed file: the run's failures artifact groups them by reason.
+    failed_files: list[tuple[str, str]] = field(default_factory=list)
     stop_reason: str | None = None  # set when the API said to stop sending (402, daily limit)
 
     def add(self, o: Outcome) -> None:
@@ -44,6 +46,8 @@ class BatchResult:
         elif o.failure is not None:
             self.failed += 1
             self.failures.append(f"{o.failure.source}: {o.failure.message}")
+            status = f" {o.failure.status_code}" if o.failure.status_code else ""
+            self.failed_files.append((o.failure.source, f"{o.failure.error_type}{status}: {o.failure.message}"))
 
 
 @task(name="transcribe_batch", cache_policy=NONE, persist_result=False)

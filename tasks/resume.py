@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,9 +46,13 @@ class DiscoveryCounts:
 
 
 def pending_files(source: str, filters: DiscoveryFilter, storage_options: dict[str, Any] | None,
-                  options: JobOptions, state: ResumeState, counts: DiscoveryCounts) -> Iterator[AudioFile]:
-    """The files under `source` that OUT does not hold yet, streamed; `counts` follows along."""
+                  options: JobOptions, state: ResumeState, counts: DiscoveryCounts,
+                  keep: Callable[[AudioFile], bool] | None = None) -> Iterator[AudioFile]:
+    """The files under `source` that OUT does not hold yet, streamed; `counts` follows along.
+    `keep` selects this run's share of the files (a backfill shard) before anything is counted."""
     for f in discover(source, filters, storage_options):
+        if keep is not None and not keep(f):
+            continue
         counts.seen += 1
         if options.request_key(f.fingerprint) in state.done:
             counts.skipped += 1
