@@ -24,7 +24,7 @@ class WordTiming:
 @dataclass
 class Transcript:
     text: str
-    language: str
+    language: str | None  # None: nothing was said, so no language was detected
     language_probability: float
     duration_s: float
     words: list[WordTiming] = field(default_factory=list)
