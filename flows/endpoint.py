@@ -12,6 +12,24 @@ from config.settings import Settings
 from flows.errors import RunAborted
 from stt import errors
 from tasks.endpoint import Endpoint
+from tasks.retry import RetryPolicy
+
+
+def api_key(settings: Settings) -> SecretStr | None:
+    """NANOGPT_API_KEY, else the Prefect Secret block named by `api_key_secret_block`."""
+    if settings.api_key is not None and settings.api_key.get_secret_value():
+        return settings.api_key
+    if not settings.api_key_secret_block:
+        return None
+    from prefect.blocks.system import Secret
+
+    try:
+        value = Secret.load(settings.api_key_secret_block).get()  # type: ignore[union-attr]
+    except (ValueError, RuntimeError) as exc:
+        raise RunAborted(f"cannot load the Prefect Secret block {settings.api_key_secret_block!r} named by "
+                         f"api_key_secret_block ({type(exc).__name__}); create it with "
+                         "`prefect block create secret` or set NANOGPT_API_KEY") from None
+    return SecretStr(str(value))
 
 
 @contextlib.contextmanager
@@ -19,10 +37,11 @@ def api_endpoint(settings: Settings) -> Iterator[Endpoint]:
     """The hosted (or any) API when a URL is configured, else the embedded server
     on a free loopback port with a fresh random key, stopped at the end."""
     if settings.api_url:
-        if settings.api_key is None or not settings.api_key.get_secret_value():
-            raise RunAborted(f"an API URL is set ({settings.api_url}) but no key: set NANOGPT_API_KEY")
-        yield Endpoint(settings.api_url, settings.api_key, settings.request_timeout_s,
-                       idempotent=settings.api_idempotency_keys)
+        key = api_key(settings)
+        if key is None:
+            raise RunAborted(f"an API URL is set ({settings.api_url}) but no key: set NANOGPT_API_KEY "
+                             "or name a Prefect Secret block with api_key_secret_block")
+        yield Endpoint(settings.api_url, key, settings.request_timeout_s, idempotent=settings.api_idempotency_keys)
         return
     from stt.server.launcher import EmbeddedServer
 
@@ -30,16 +49,36 @@ def api_endpoint(settings: Settings) -> Iterator[Endpoint]:
         yield Endpoint(server.api_url, SecretStr(server.api_key), settings.request_timeout_s, idempotent=True)
 
 
-def check_access(endpoint: Endpoint) -> float:
-    """Fail fast on a bad key before any file is sent; returns the USD balance."""
+def check_access(endpoint: Endpoint, retry: RetryPolicy = RetryPolicy()) -> float:
+    """Fail fast on a bad key before any file is sent; returns the USD balance.
+
+    Transient errors (503, 429, a dropped connection) are retried like any request:
+    one busy moment of the API must not abort a night's run."""
 
     async def check() -> float:
         async with endpoint.client() as client:
-            return float((await client.balance()).usd_balance)
+            attempt = 0
+            while True:
+                attempt += 1
+                try:
+                    return float((await client.balance()).usd_balance)
+                except errors.TransientError as exc:
+                    if attempt >= retry.max_attempts:
+                        raise
+                    await asyncio.sleep(retry.delay(attempt - 1, exc.retry_after))
 
     try:
         return asyncio.run(check())
     except errors.Unauthorized as exc:
         raise RunAborted(f"the API rejected the key ({exc.message}); nothing was sent") from None
+    except errors.NotFound:
+        raise RunAborted(f"cannot reach the API at {endpoint.url}: 404 Not Found{api_suffix_hint(endpoint.url)}") from None
     except errors.STTError as exc:
         raise RunAborted(f"cannot reach the API at {endpoint.url}: {exc}") from None
+
+
+def api_suffix_hint(url: str) -> str:
+    """The fix for the commonest wrong URL: the host without its `/api` path."""
+    if url.rstrip("/").endswith("/api"):
+        return ""
+    return f"; the API lives under /api: try --api-url {url.rstrip('/')}/api"
