@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from tasks import storage
+from tasks import compaction_log, storage
 from tasks.rows import SCHEMAS
 
 TABLES = tuple(SCHEMAS)
@@ -44,13 +44,18 @@ def write_part(out: str, table: str, data: pa.Table, *, part_name: str,
 
 
 def part_files(out: str, table: str, storage_options: dict[str, Any] | None = None) -> list[str]:
-    """The table's part files (paths without protocol), temporary files excluded."""
+    """The table's live part files (paths without protocol): temporary files, parts that a
+    compaction replaced and a compaction's uncommitted output excluded (`tasks.compaction_log`)."""
     fs, root = storage.filesystem_for(out, storage_options)
     folder = f"{root.rstrip('/')}/{table}"
-    if not fs.exists(folder):
-        return []
-    return sorted(p for p in fs.find(folder)
-                  if p.endswith(".parquet") and not os.path.basename(p).startswith("."))
+
+    def listing() -> list[str]:
+        if not fs.exists(folder):
+            return []
+        return sorted(p for p in fs.find(folder)
+                      if p.endswith(".parquet") and not os.path.basename(p).startswith("."))
+
+    return compaction_log.live(fs, folder, listing)
 
 
 def read_table(out: str, table: str, *, columns: list[str] | None = None,
