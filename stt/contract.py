@@ -199,6 +199,7 @@ def normalize_language(code: str | None) -> str | None:
     try:
         return _LANGUAGE_LOOKUP[key]
     except KeyError:
+        shown = code if len(code) <= 20 else code[:20] + "..."  # never echo a huge value back
         raise ValueError(
-            f"unknown language code {code!r}: use an ISO 639-1 or 639-3 code Whisper supports, or 'auto'"
+            f"unknown language code {shown!r}: use an ISO 639-1 or 639-3 code Whisper supports, or 'auto'"
         ) from None

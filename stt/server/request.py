@@ -28,6 +28,7 @@ from stt.contract import (
     TranscribeJsonRequest,
     normalize_language,
 )
+from stt.server.admission import Ticket
 from stt.server.download import Downloader
 from stt.server.errors import APIError, BodyTooLarge, UploadTooLarge, shown
 from stt.server.tempfiles import TempAudio, write_temp_file
@@ -61,14 +62,16 @@ class AudioRequest:
     audio: TempAudio
 
 
-async def read_transcribe_request(request: Request, downloader: Downloader, max_upload_bytes: int) -> AudioRequest:
+async def read_transcribe_request(request: Request, downloader: Downloader, ticket: Ticket,
+                                  max_upload_bytes: int) -> AudioRequest:
+    """The request's fields and its audio in a temp file counted on `ticket`'s disk budget."""
     ctype = request.headers.get("content-type", "").lower()
     if ctype.startswith("multipart/form-data"):
-        return await _read_multipart(request, downloader, max_upload_bytes)
+        return await _read_multipart(request, downloader, ticket, max_upload_bytes)
     if ctype.startswith("application/x-www-form-urlencoded"):
         raw = await read_capped_body(request, JSON_BODY_LIMIT)
         fields = dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
-        return await _from_url(fields, downloader)
+        return await _from_url(fields, downloader, ticket)
     if ctype.startswith("application/json"):
         body = await read_json_body(request)
         if not isinstance(body, dict) or not body.get("audioUrl"):
@@ -77,11 +80,12 @@ async def read_transcribe_request(request: Request, downloader: Downloader, max_
             req = TranscribeJsonRequest.model_validate(body)
         except ValidationError as exc:
             raise APIError(400, f"invalid request: {validation_summary(exc)}") from None
-        return await _from_url(req.model_dump(), downloader)
+        return await _from_url(req.model_dump(), downloader, ticket)
     raise APIError(400, "unsupported content type: use multipart/form-data (audio) or application/json (audioUrl)")
 
 
-async def _read_multipart(request: Request, downloader: Downloader, max_upload_bytes: int) -> AudioRequest:
+async def _read_multipart(request: Request, downloader: Downloader, ticket: Ticket,
+                          max_upload_bytes: int) -> AudioRequest:
     limit = max_upload_bytes + _MULTIPART_OVERHEAD
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -98,7 +102,7 @@ async def _read_multipart(request: Request, downloader: Downloader, max_upload_b
     upload = form.get("audio")
     try:
         if not isinstance(upload, UploadFile):
-            return await _from_url(fields, downloader)
+            return await _from_url(fields, downloader, ticket)
         data = await upload.read()
     finally:
         await form.close()
@@ -107,15 +111,16 @@ async def _read_multipart(request: Request, downloader: Downloader, max_upload_b
     if not data:
         raise APIError(400, "the audio file is empty")
     params = parse_params(fields, upload.filename)
+    ticket.reserve_disk(len(data))
     return AudioRequest(params, write_temp_file(data, "bulkscribe-upload-"))
 
 
-async def _from_url(fields: Mapping[str, object], downloader: Downloader) -> AudioRequest:
+async def _from_url(fields: Mapping[str, object], downloader: Downloader, ticket: Ticket) -> AudioRequest:
     url = fields.get("audioUrl")
     if not url:
         raise APIError(400, _MISSING_AUDIO)
     params = parse_params(fields, None)
-    return AudioRequest(params, await downloader.fetch(str(url)))
+    return AudioRequest(params, await downloader.fetch(str(url), ticket))
 
 
 def parse_params(fields: Mapping[str, object], file_name: str | None) -> TranscribeParams:
@@ -126,6 +131,8 @@ def parse_params(fields: Mapping[str, object], file_name: str | None) -> Transcr
         raise APIError(400, f"model {model} is not available on this server; "
                             f"use one of {', '.join(SYNC_MODELS + ASYNC_MODELS)}")
     raw_language = fields.get("language")
+    if raw_language is not None and not isinstance(raw_language, str):
+        raise APIError(400, f"language must be a language code, got {shown(raw_language)}")
     try:
         language = normalize_language(None if raw_language is None else str(raw_language))
     except ValueError as exc:
@@ -149,12 +156,15 @@ def _minutes(value: object) -> float | None:
 
 
 def _speaker_count(value: object) -> int | None:
+    """A whole number, as a JSON integer or digits in a form; 2.7 or true is refused, not truncated."""
     if value is None or value == "":
         return None
-    try:
-        count = int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        raise APIError(400, f"numSpeakers must be a whole number, got {shown(value)}") from None
+    if isinstance(value, int) and not isinstance(value, bool):
+        count = value
+    elif isinstance(value, str) and value.strip().isdigit():
+        count = int(value)
+    else:
+        raise APIError(400, f"numSpeakers must be a whole number, got {shown(value)}")
     if not 1 <= count <= 32:
         raise APIError(400, "numSpeakers must be between 1 and 32")
     return count

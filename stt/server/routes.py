@@ -4,20 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from stt.contract import SYNC_MODELS, BalanceResponse, StatusRequest
 from stt.server.errors import APIError
+from stt.server.idempotency import replayable, request_hash
 from stt.server.request import read_json_body, read_transcribe_request
 from stt.server.state import ServerState, server_state
 from stt.server.store import MICRO, hash_key
-from stt.server.transcription import accepted_body, submit_job, transcribe_sync
+from stt.server.transcription import replay, run
 
 router = APIRouter()
 State = Annotated[ServerState, Depends(server_state)]
-_REPLAYED = {"Idempotent-Replayed": "true"}
+MAX_IDEMPOTENCY_KEY = 255
 
 
 def authenticate(request: Request, state: State) -> str:
@@ -61,21 +63,19 @@ async def usage(key_hash: Caller, state: State) -> dict[str, object]:
 
 @router.post("/api/transcribe")
 async def transcribe(request: Request, key_hash: Caller, state: State) -> JSONResponse:
-    idem = request.headers.get("idempotency-key") or None
-    previous = state.store.previous_answer(key_hash, idem)
-    if previous and "sync" in previous:
-        return JSONResponse(previous["sync"], headers=_REPLAYED)
-    if previous and previous.get("run_id"):
-        job = state.store.get_job(previous["run_id"])
-        if job is not None:
-            return JSONResponse(accepted_body(job), status_code=202, headers=_REPLAYED)
-    req = await read_transcribe_request(request, state.downloader, state.settings.max_upload_bytes)
-    try:
-        if req.params.model in SYNC_MODELS:
-            return JSONResponse(await transcribe_sync(state, key_hash, req, idem))
-        return JSONResponse(await submit_job(state, key_hash, req, idem), status_code=202)
-    finally:
-        req.audio.discard()
+    idem = _idempotency_key(request)
+    with state.admission.admitted() as ticket:
+        req = await read_transcribe_request(request, state.downloader, ticket, state.settings.max_upload_bytes)
+        try:
+            if idem is None:
+                return await run(state, key_hash, req, ticket, None)
+            async with state.key_locks.hold(key_hash, idem):
+                fingerprint = await anyio.to_thread.run_sync(request_hash, req)
+                record = replayable(state.store.idempotent_record(key_hash, idem), fingerprint)
+                answer = replay(state, record) if record else None
+                return answer or await run(state, key_hash, req, ticket, (idem, fingerprint))
+        finally:
+            req.audio.discard()
 
 
 @router.post("/api/transcribe/status", response_model=None)
@@ -93,6 +93,13 @@ async def transcribe_status(key_hash: Caller, state: State, request: Request) ->
     if job.status == "failed":
         return {"status": "failed", "error": job.error or "failed"}
     return {"status": job.status}
+
+
+def _idempotency_key(request: Request) -> str | None:
+    idem = request.headers.get("idempotency-key") or None
+    if idem is not None and len(idem) > MAX_IDEMPOTENCY_KEY:
+        raise APIError(400, f"Idempotency-Key is too long (max {MAX_IDEMPOTENCY_KEY} characters)")
+    return idem
 
 
 def _usd(micro: int) -> str:

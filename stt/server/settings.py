@@ -70,6 +70,14 @@ class ServerSettings(BaseSettings):
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     max_url_bytes: int = MAX_URL_BYTES
     url_download_timeout_s: float = 600.0
+    #: audioUrl hosts allowed although they resolve to loopback/private/link-local addresses:
+    #: comma-separated CIDRs, IPs, host names, each maybe with :port (see stt/server/url_guard.py).
+    url_allowlist: str = ""
+    #: Temp files of requests in progress and queued jobs (uploads, downloads) stay under
+    #: this many bytes; past it a request is answered 503 + Retry-After.
+    temp_disk_budget_bytes: int = 2 * MAX_URL_BYTES
+    #: Injected faults for resilience tests, e.g. "all=0.3,seed=7" (see stt/server/faults.py).
+    faults: str = ""
 
     #: How long finished asynchronous jobs stay pollable.
     job_retention_hours: float = 72.0

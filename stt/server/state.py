@@ -11,6 +11,7 @@ from stt.server.admission import Admission
 from stt.server.billing import Pricing
 from stt.server.download import Downloader
 from stt.server.engine import Engine
+from stt.server.idempotency import KeyLocks
 from stt.server.jobs import JobRunner
 from stt.server.settings import ServerSettings
 from stt.server.store import Store
@@ -26,6 +27,7 @@ class ServerState:
     pricing: Pricing
     jobs_dir: Path
     runner: JobRunner
+    key_locks: KeyLocks
 
 
 def server_state(request: Request) -> ServerState:

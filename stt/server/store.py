@@ -5,6 +5,13 @@ A charge is written in the same transaction as the result it paid for (and, for
 asynchronous jobs, as the job row), which is what "no charge without a result, no result
 without a charge" needs. Keys are stored as sha256 hashes, never in clear.
 
+An Idempotency-Key names one request (its audio and options, `request_hash`) and keeps
+its paid answer, or its job, for replay. A request that fails or is refunded records
+nothing, so its key can be used again; a purged job releases its key with it.
+
+The database holds every transcript: it is created 0600, and so are its WAL files
+(SQLite gives them the database's mode).
+
 One connection guarded by a lock: every statement is short, and SQLite serialises
 writers anyway.
 """
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 import uuid
@@ -43,8 +51,7 @@ CREATE TABLE IF NOT EXISTS charges (
     response_json TEXT,              -- the answer that was paid for (sync)
     created_at TEXT NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS charges_idem ON charges(key_hash, idempotency_key)
-    WHERE idempotency_key IS NOT NULL AND kind != 'refund';
+DROP INDEX IF EXISTS charges_idem;   -- keys now live in `idempotency`, released on failure
 CREATE TABLE IF NOT EXISTS jobs (
     run_id TEXT PRIMARY KEY,
     key_hash TEXT NOT NULL,
@@ -62,6 +69,21 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS idempotency (
+    key_hash TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    request_hash TEXT,               -- NULL: recorded before request hashes existed
+    run_id TEXT,                     -- the job it created (asynchronous models)
+    response_json TEXT,              -- the answer it paid for (synchronous models)
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (key_hash, idempotency_key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_run ON idempotency(run_id) WHERE run_id IS NOT NULL;
+-- Keys recorded before the idempotency table existed keep replaying their answer.
+INSERT OR IGNORE INTO idempotency
+    SELECT c.key_hash, c.idempotency_key, NULL, c.run_id, c.response_json, c.created_at FROM charges c
+    WHERE c.idempotency_key IS NOT NULL AND c.kind != 'refund'
+      AND (c.run_id IS NULL OR c.run_id IN (SELECT run_id FROM jobs WHERE status != 'failed'));
 """
 
 
@@ -75,6 +97,17 @@ def to_micro(usd: float) -> int:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
+
+
+class KeyAlreadyUsed(Exception):
+    """Another request recorded this Idempotency-Key first (they ran at the same time)."""
+
+
+@dataclass(frozen=True)
+class IdempotentRecord:
+    request_hash: str | None
+    response: dict[str, Any] | None  # a synchronous answer
+    run_id: str | None  # or the job it created
 
 
 class InsufficientBalance(Exception):
@@ -107,7 +140,7 @@ class Store:
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            _create_private(Path(self.path))
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
@@ -140,32 +173,33 @@ class Store:
 
     # -- synchronous charges ------------------------------------------------------------
 
-    def previous_answer(self, key_hash: str, idempotency_key: str | None) -> dict | None:
-        """The answer already paid for under this idempotency key, if any."""
-        if not idempotency_key:
-            return None
+    def idempotent_record(self, key_hash: str, idempotency_key: str) -> IdempotentRecord | None:
+        """What this key's first request recorded: its paid answer or its job, if any."""
         with self._lock:
             row = self._db.execute(
-                "SELECT response_json, run_id FROM charges WHERE key_hash=? AND idempotency_key=? AND kind!='refund'",
+                "SELECT request_hash, run_id, response_json FROM idempotency WHERE key_hash=? AND idempotency_key=?",
                 (key_hash, idempotency_key),
             ).fetchone()
         if row is None:
             return None
-        if row["response_json"]:
-            return {"sync": json.loads(row["response_json"])}
-        return {"run_id": row["run_id"]}
+        response = json.loads(row["response_json"]) if row["response_json"] else None
+        return IdempotentRecord(row["request_hash"], response, row["run_id"])
 
     def charge_sync(self, key_hash: str, *, amount_micro: int, model: str, file_name: str | None,
                     file_size: int | None, duration_s: float, response: dict,
-                    idempotency_key: str | None = None) -> None:
-        """Debit and record the paid answer atomically; raises InsufficientBalance."""
+                    idempotency: tuple[str, str] | None = None) -> None:
+        """Debit and record the paid answer atomically (and, under `idempotency` = (key,
+        request hash), the answer for replay); raises InsufficientBalance or KeyAlreadyUsed."""
+        now = _now()
         with self._lock, self._tx():
             self._debit(key_hash, amount_micro)
             self._db.execute(
                 "INSERT INTO charges VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (uuid.uuid4().hex, key_hash, "sync", None, idempotency_key, model, file_name, file_size,
-                 duration_s, amount_micro, json.dumps(response), _now()),
+                (uuid.uuid4().hex, key_hash, "sync", None, idempotency and idempotency[0], model, file_name,
+                 file_size, duration_s, amount_micro, json.dumps(response), now),
             )
+            if idempotency:
+                self._remember(key_hash, idempotency, None, json.dumps(response), now)
 
     def charges(self, key_hash: str) -> list[dict]:
         with self._lock:
@@ -179,22 +213,25 @@ class Store:
 
     def create_job(self, key_hash: str, *, model: str, params: dict, audio_path: str, file_name: str | None,
                    file_size: int | None, duration_s: float, cost_micro: int,
-                   idempotency_key: str | None = None) -> str:
-        """Charge once and create the job in one transaction; raises InsufficientBalance."""
+                   idempotency: tuple[str, str] | None = None) -> str:
+        """Charge once and create the job in one transaction; raises InsufficientBalance or KeyAlreadyUsed."""
         run_id = uuid.uuid4().hex
         now = _now()
+        idem_key = idempotency[0] if idempotency else None
         with self._lock, self._tx():
             self._debit(key_hash, cost_micro)
             self._db.execute(
                 "INSERT INTO charges VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (uuid.uuid4().hex, key_hash, "job", run_id, idempotency_key, model, file_name, file_size,
+                (uuid.uuid4().hex, key_hash, "job", run_id, idem_key, model, file_name, file_size,
                  duration_s, cost_micro, None, now),
             )
             self._db.execute(
                 "INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, key_hash, "pending", model, json.dumps(params), audio_path, file_name, file_size,
-                 duration_s, cost_micro, None, None, idempotency_key, now, now),
+                 duration_s, cost_micro, None, None, idem_key, now, now),
             )
+            if idempotency:
+                self._remember(key_hash, idempotency, run_id, None, now)
         return run_id
 
     def get_job(self, run_id: str) -> Job | None:
@@ -214,7 +251,8 @@ class Store:
             )
 
     def fail_job(self, run_id: str, error: str) -> None:
-        """Mark failed and refund its charge in one transaction: a failed job costs nothing."""
+        """Mark failed, refund its charge and release its Idempotency-Key in one transaction:
+        a failed job costs nothing, and the same request may be submitted again."""
         with self._lock, self._tx():
             row = self._db.execute(
                 "SELECT key_hash, cost_micro, model, status FROM jobs WHERE run_id=?", (run_id,)
@@ -232,6 +270,7 @@ class Store:
                 (uuid.uuid4().hex, row["key_hash"], "refund", run_id, None, row["model"], None, None, None,
                  -row["cost_micro"], None, _now()),
             )
+            self._db.execute("DELETE FROM idempotency WHERE run_id=?", (run_id,))
 
     def unfinished_jobs(self) -> list[Job]:
         with self._lock:
@@ -241,11 +280,12 @@ class Store:
         return [_job(r) for r in rows]
 
     def purge_jobs(self, older_than: timedelta) -> int:
+        """Forget finished jobs older than that, and the Idempotency-Keys that named them."""
         cutoff = (datetime.now(UTC) - older_than).isoformat()
-        with self._lock:
-            cur = self._db.execute(
-                "DELETE FROM jobs WHERE status IN ('completed','failed') AND updated_at < ?", (cutoff,)
-            )
+        finished = "SELECT run_id FROM jobs WHERE status IN ('completed','failed') AND updated_at < ?"
+        with self._lock, self._tx():
+            self._db.execute(f"DELETE FROM idempotency WHERE run_id IN ({finished})", (cutoff,))
+            cur = self._db.execute(f"DELETE FROM jobs WHERE run_id IN ({finished})", (cutoff,))
         return cur.rowcount
 
     # -- internals ----------------------------------------------------------------------
@@ -256,6 +296,15 @@ class Store:
         if amount_micro > balance:
             raise InsufficientBalance(amount_micro, balance)
         self._db.execute("UPDATE api_keys SET balance_micro=balance_micro-? WHERE key_hash=?", (amount_micro, key_hash))
+
+    def _remember(self, key_hash: str, idempotency: tuple[str, str], run_id: str | None,
+                  response_json: str | None, now: str) -> None:
+        idem_key, request_hash = idempotency
+        try:
+            self._db.execute("INSERT INTO idempotency VALUES (?,?,?,?,?,?)",
+                             (key_hash, idem_key, request_hash, run_id, response_json, now))
+        except sqlite3.IntegrityError:
+            raise KeyAlreadyUsed(idem_key) from None
 
     def _tx(self):
         db = self._db
@@ -279,3 +328,14 @@ def _job(row: sqlite3.Row) -> Job:
         result=json.loads(row["result_json"]) if row["result_json"] else None, error=row["error"],
         created_at=row["created_at"], updated_at=row["updated_at"],
     )
+
+
+def _create_private(path: Path) -> None:
+    """The database file (and its folder) readable by this user only, created so (no window
+    in which it is world-readable); an existing file is made private too."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if p.exists() and p.stat().st_mode & 0o077:
+            p.chmod(0o600)
