@@ -20,7 +20,7 @@ def dry_run(files: Iterable[AudioFile], settings: Settings, summary: RunSummary)
     print(f"{'mode':<9} {'minutes':>8} {'est. USD':>10}  source")
     for f in files:
         try:
-            plan = plan_upload(f, policy, options.request_key(f.fingerprint), price_per_min=price, dry_run=True)
+            plan = plan_upload(f, policy, price_per_min=price, dry_run=True)
         except errors.STTError as exc:
             summary.failed += 1
             summary.failures.append(f"{f.url}: {exc.message}")

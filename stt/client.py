@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import random
 import threading
 import time
@@ -93,6 +92,9 @@ class STTClient:
                  rate_limiter: RateLimiter | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self._limiter = rate_limiter
+        #: The API said (header `Idempotency-Keys: supported`) that it answers a repeated
+        #: Idempotency-Key from its record, without charging again. Known after any request.
+        self.idempotency_supported = False
         self._http = httpx.AsyncClient(
             base_url=self.base_url + "/",
             headers={"x-api-key": api_key, "user-agent": "bulkscribe/0.1"},
@@ -131,11 +133,6 @@ class STTClient:
         return await self._submit(
             files={"audio": (filename, data, content_type)}, data=form, idempotency_key=idempotency_key
         )
-
-    async def transcribe_file(self, path: str | os.PathLike, **kwargs: Any) -> TranscribeResponse | AsyncJob:
-        with open(path, "rb") as f:
-            data = f.read()
-        return await self.transcribe_bytes(data, os.path.basename(path), **kwargs)
 
     async def transcribe_url(self, audio_url: str, *, model: str = WHISPER_LARGE_V3, language: str = "auto",
                              actual_duration_min: float | None = None, diarize: bool = False,
@@ -188,13 +185,22 @@ class STTClient:
 
     async def _submit(self, idempotency_key: str | None = None, **kwargs: Any) -> TranscribeResponse | AsyncJob:
         headers = {"idempotency-key": idempotency_key} if idempotency_key else None
-        payload, status = await self._post("transcribe", headers=headers, with_status=True, **kwargs)
-        if status == 202 or (isinstance(payload, dict) and "runId" in payload and "transcription" not in payload):
-            return _parse(AsyncJob, payload)
-        return _parse(TranscribeResponse, payload)
+        response = await self._send("transcribe", headers=headers, **kwargs)
+        payload = _json_object(response)
+        answer: TranscribeResponse | AsyncJob
+        if response.status_code == 202 or ("runId" in payload and "transcription" not in payload):
+            answer = _parse(AsyncJob, payload)
+        else:
+            answer = _parse(TranscribeResponse, payload)
+        if response.headers.get("idempotent-replayed", "").lower() == "true":
+            answer.mark_replayed()
+        return answer
 
-    async def _post(self, path: str, *, with_status: bool = False, headers: Mapping[str, str] | None = None,
-                    **kwargs: Any):
+    async def _post(self, path: str, *, headers: Mapping[str, str] | None = None, **kwargs: Any) -> dict[str, Any]:
+        return _json_object(await self._send(path, headers=headers, **kwargs))
+
+    async def _send(self, path: str, *, headers: Mapping[str, str] | None = None, **kwargs: Any) -> httpx.Response:
+        """One POST; every failure as a typed error saying whether the request may have been acted on."""
         if self._limiter is not None:
             await self._limiter.acquire()
         try:
@@ -204,18 +210,28 @@ class STTClient:
         except httpx.TimeoutException as exc:  # sent (at least partly), no answer
             raise errors.TimeoutError_(f"{type(exc).__name__} talking to {self.base_url}", maybe_sent=True) from exc
         except httpx.TransportError as exc:  # connection lost mid-request
-            raise errors.ConnectError(f"{type(exc).__name__}: {exc} ({self.base_url})", maybe_sent=True) from exc
-        body: Any
-        try:
-            body = response.json()
-        except ValueError:
-            body = response.text
+            raise errors.ConnectionLost(f"connection lost: {type(exc).__name__} ({self.base_url})",
+                                        maybe_sent=True) from exc
+        if response.headers.get("idempotency-keys", "").lower() == "supported":
+            self.idempotency_supported = True
         if response.status_code >= 400:
-            raise errors.error_from_response(response.status_code, body, response.headers)
-        if not isinstance(body, dict):
-            raise errors.InvalidResponse(f"expected a JSON object, got {str(body)[:200]!r}",
-                                         status_code=response.status_code)
-        return (body, response.status_code) if with_status else body
+            raise errors.error_from_response(response.status_code, _body(response), response.headers)
+        return response
+
+
+def _body(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    body = _body(response)
+    if not isinstance(body, dict):
+        raise errors.InvalidResponse(f"expected a JSON object, got {str(body)[:200]!r}",
+                                     status_code=response.status_code)
+    return body
 
 
 def _parse(model, payload: dict):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 # -- models and limits ------------------------------------------------------------------
 
@@ -51,6 +51,15 @@ JobStatus = Literal["pending", "processing", "completed", "failed"]
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
+    _replayed: bool = PrivateAttr(default=False)
+
+    @property
+    def replayed(self) -> bool:
+        """The API answered from its idempotency record: nothing was charged for this answer."""
+        return self._replayed
+
+    def mark_replayed(self) -> None:
+        self._replayed = True
 
 
 # -- responses --------------------------------------------------------------------------

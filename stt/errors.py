@@ -45,7 +45,8 @@ class PermanentError(STTError):
 
 
 # transient
-class ConnectError(TransientError): ...
+class ConnectError(TransientError): ...  # nothing was sent
+class ConnectionLost(TransientError): ...  # dropped after (part of) the request was sent
 class TimeoutError_(TransientError): ...  # noqa: N801 (avoid shadowing the builtin)
 class RateLimited(TransientError): ...
 class ServerError(TransientError): ...

@@ -8,6 +8,7 @@ from typing import Any
 from config.settings import Settings
 from stt.client import PollPolicy, RateLimiter
 from tasks.budget import Budget
+from tasks.claims import Owner
 from tasks.endpoint import Endpoint
 from tasks.identity import JobOptions
 from tasks.retry import RetryPolicy
@@ -37,8 +38,10 @@ class BatchConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     poll: PollPolicy = field(default_factory=PollPolicy)
     concurrency: int = 4
-    #: Ledger entries left by earlier runs, by request key (read once per run).
-    outstanding: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The process whose claims this run's requests are (see tasks.claims).
+    owner: Owner | None = None
+    #: Request keys OUT already holds rows for (read once per run): their content is not sent again.
+    done_contents: frozenset[str] = frozenset()
     #: Re-send requests whose earlier answer was lost even if the API cannot de-duplicate.
     resend_unknown: bool = False
     prices_usd_per_min: dict[str, float] = field(default_factory=dict)
@@ -49,7 +52,7 @@ class BatchConfig:
     @classmethod
     def from_settings(cls, settings: Settings, *, out: str, run_id: str, endpoint: Endpoint,
                       **run_state: Any) -> BatchConfig:
-        """The batch configuration of a run; `run_state`: outstanding, budget, rate_limiter."""
+        """The batch configuration of a run; `run_state`: owner, done_contents, budget, rate_limiter."""
         return cls(
             out=out, run_id=run_id, options=job_options(settings), endpoint=endpoint,
             upload=upload_policy(settings),

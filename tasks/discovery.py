@@ -238,6 +238,14 @@ def _local_file(path: str, st: os.stat_result) -> AudioFile:
     )
 
 
+def _broken_link(path: str) -> AudioFile:
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    return AudioFile(url=path, size=0, modified=None, fingerprint=f"broken-link:{target}")
+
+
 def _scan_sorted(path: str) -> list[os.DirEntry[str]] | None:
     """One directory, sorted in reverse so the walker can pop() and free entries as it goes."""
     try:
@@ -277,9 +285,9 @@ def _discover_local(root: str, m: _Matcher) -> Iterator[AudioFile]:
         try:
             is_dir = entry.is_dir()
             is_file = not is_dir and entry.is_file()
-        except OSError as exc:
-            logger.warning("skipping unreadable entry %s: %s", entry.path, exc)
-            continue
+        except OSError as exc:  # e.g. a symlink loop
+            logger.warning("unreadable entry %s: %s", entry.path, exc)
+            is_dir = is_file = False
         if is_dir:
             try:
                 dst = entry.stat()
@@ -296,8 +304,9 @@ def _discover_local(root: str, m: _Matcher) -> Iterator[AudioFile]:
                 on_path.add(sub_id)
             continue
         if not is_file:
-            if entry.is_symlink():
-                logger.warning("skipping broken symlink %s", entry.path)
+            if entry.is_symlink() and path_ok(rel, entry.name) and not has_window:
+                # An audio name pointing nowhere is reported (a failure row says so), not skipped.
+                yield _broken_link(entry.path)
             continue
         if not path_ok(rel, entry.name):
             continue

@@ -1,52 +1,85 @@
-"""What was sent and not yet recorded: the pipeline's memory across crashes.
+"""What was sent and what came back: the pipeline's memory across crashes.
 
-One small JSON file per outstanding request under `OUT/_ledger/`, named by its request
-key and written before the request leaves (and, for asynchronous jobs, rewritten with
-the runId before polling starts). It is removed only after the result is safely in the
-tables. So after a crash, the entries left behind say exactly which files may have been
-paid for without a recorded result:
+One small JSON entry per request in flight under `OUT/_ledger/`, named by its request
+key and written (atomically, fsynced) at each step of the request's life:
 
-- an asynchronous job with a runId: poll it again instead of submitting (and paying) again;
-- a synchronous request: re-sent only with the same idempotency key to an API that honours
-  it (the embedded server does), otherwise reported, not re-sent.
+- `sent`: written before the request leaves;
+- `submitted`: an asynchronous job's runId, before polling starts;
+- `answered`: the answer itself, the moment it arrives, before anything else is done
+  with it (durable answers: a kill -9 at any later moment loses nothing that was paid).
 
-Only outstanding requests have entries, so listing the folder at the start of a run is
-cheap even for a very large archive.
+It is removed only once the file's rows are in the tables. The next run reads what the
+entries say: answers become rows without sending, recorded jobs are polled instead of
+submitted again, and a request sent with no answer recorded is re-sent only with the same
+idempotency key to an API that honours it; otherwise it is reported, not paid for twice.
+
+The same folder holds the requests' claims and the runs' leases (`tasks.claims`).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from tasks import storage
 
+Entry = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ClaimFile:
+    key: str
+    path: str
+    modified: float  # seconds since the epoch
+
+
+@dataclass
+class LedgerScan:
+    entries: dict[str, Entry]
+    claims: list[ClaimFile]
+
 
 class Ledger:
-    def __init__(self, out: str, storage_options: dict | None = None) -> None:
+    def __init__(self, out: str, storage_options: dict[str, Any] | None = None) -> None:
         self.fs, root = storage.filesystem_for(out, storage_options)
         self.root = root.rstrip("/") + "/_ledger"
 
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}.json"
 
-    def outstanding(self) -> dict[str, dict[str, Any]]:
-        """Every entry left by earlier runs, by request key."""
+    def scan(self) -> LedgerScan:
+        """Every entry left by earlier runs, by request key, and every claim file."""
+        scan = LedgerScan({}, [])
         if not self.fs.exists(self.root):
-            return {}
-        entries = {}
-        for path in self.fs.find(self.root):
-            name = path.rsplit("/", 1)[-1]
-            if not name.endswith(".json") or name.startswith("."):
+            return scan
+        for info in self.fs.ls(self.root, detail=True):
+            name = info["name"].rstrip("/").rsplit("/", 1)[-1]
+            if info.get("type") == "directory" or name.startswith("."):
                 continue
-            try:
-                entries[name[:-5]] = json.loads(self.fs.cat_file(path))
-            except (ValueError, OSError):
-                continue  # a torn entry from a crash mid-write: nothing usable in it
-        return entries
+            if name.endswith(".json"):
+                entry = self._load(info["name"])
+                if entry is not None:
+                    scan.entries[name[:-5]] = entry
+            elif ".claim." in name:
+                scan.claims.append(ClaimFile(name.split(".claim.")[0], info["name"], _modified(info)))
+        return scan
 
-    def write(self, key: str, entry: dict[str, Any]) -> None:
+    def _load(self, path: str) -> Entry | None:
+        try:
+            value = json.loads(self.fs.cat_file(path))
+        except (ValueError, OSError):
+            return None  # a torn entry from a crash mid-write on a store without atomic writes
+        return value if isinstance(value, dict) else None
+
+    def read(self, key: str) -> Entry | None:
+        try:
+            return self._load(self._path(key)) if self.fs.exists(self._path(key)) else None
+        except FileNotFoundError:
+            return None
+
+    def write(self, key: str, entry: Entry) -> None:
         entry = {**entry, "updated_at": datetime.now(UTC).isoformat()}
         data = json.dumps(entry, sort_keys=True).encode()
         storage.write_atomic(self.fs, self._path(key), lambda f: f.write(data), durable=True)
@@ -57,3 +90,20 @@ class Ledger:
                 self.fs.rm_file(self._path(key))
             except FileNotFoundError:
                 pass
+
+    def remove(self, paths: list[str]) -> None:
+        for path in paths:
+            try:
+                self.fs.rm_file(path)
+            except FileNotFoundError:
+                pass
+
+
+def _modified(info: dict[str, Any]) -> float:
+    value = info.get("mtime", info.get("LastModified", info.get("created", 0.0)))
+    if isinstance(value, datetime):
+        return value.timestamp()
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0

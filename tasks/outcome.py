@@ -1,8 +1,9 @@
-"""What became of one file: its rows (a transcript with words and turns, or a failure)."""
+"""What became of one file: its rows (a transcript with words and turns, or a failure),
+or why it was not sent."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from stt import errors
@@ -20,6 +21,16 @@ class Outcome:
     segments: list[SegmentRow] = field(default_factory=list)
     failure: FailureRow | None = None
     sent: bool = True
+    #: Why a file was not sent (the API said stop, the budget, another run holds it).
+    not_sent_reason: str | None = None
+    #: Left to another run that holds the request's claim.
+    deferred: bool = False
+    #: Same content as a file already transcribed (`reuse`) or in flight in this run
+    #: (`duplicate`): its rows are copied, nothing is sent.
+    reuse: bool = False
+    duplicate: bool = False
+    #: What this run paid for the file (0 for answers replayed or recorded by earlier runs).
+    fresh_cost: float = 0.0
     #: Keep the ledger entry: the request may have been paid for without a result.
     keep_ledger: bool = False
 
@@ -47,11 +58,21 @@ def success(f: AudioFile, options: JobOptions, key: str, answer: TranscribeRespo
     return Outcome(key=key, transcript=transcript, words=file_words, segments=segments)
 
 
+def as_copy(outcome: Outcome, f: AudioFile) -> Outcome:
+    """The rows of `outcome` for another file with the same content: nothing paid for it."""
+    assert outcome.transcript is not None
+    t = replace(outcome.transcript, source=f.url, fingerprint=f.fingerprint, file_size=f.size, cost=0.0,
+                upload_mode="reused", transcribed_at=datetime.now(UTC))
+    words = replace(outcome.words, source=f.url, fingerprint=f.fingerprint) if outcome.words else None
+    segments = [replace(s, source=f.url, fingerprint=f.fingerprint) for s in outcome.segments]
+    return Outcome(key=outcome.key, transcript=t, words=words, segments=segments, reuse=True)
+
+
 def failure(f: AudioFile, options: JobOptions, key: str, exc: errors.STTError, *, attempts: int, run_id: str,
             kind: str | None = None, keep_ledger: bool = False) -> Outcome:
     """The failure row of a file, from the error that ended it."""
     row = FailureRow(
-        source=f.url, fingerprint=f.fingerprint, request_key=key, model=options.model,
+        source=f.url, fingerprint=f.fingerprint, request_key=key or None, model=options.model,
         error_kind=kind or exc.kind, error_type=type(exc).__name__.rstrip("_"), status_code=exc.status_code,
         message=exc.message, attempts=attempts, run_id=run_id, failed_at=datetime.now(UTC),
     )

@@ -1,4 +1,4 @@
-"""Where the last run stopped: what OUT already holds and what the ledger says is outstanding."""
+"""Where the last run stopped: what OUT already holds, and the ledger's leftovers."""
 
 from __future__ import annotations
 
@@ -6,37 +6,49 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
 from tasks import tables
+from tasks.claims import Claims, Owner
 from tasks.discovery import AudioFile, DiscoveryFilter, discover
 from tasks.identity import JobOptions
 from tasks.ledger import Ledger
 
 
-def done_request_keys(out: str, storage_options: dict[str, Any] | None = None) -> set[str]:
-    """Request keys already transcribed successfully: what a re-run must not pay for again.
-    Reads two columns of the transcripts table, nothing else."""
-    t = tables.read_table(out, "transcripts", columns=["request_key", "status"], storage_options=storage_options)
-    ok = t.filter(pc.equal(t.column("status"), "ok"))
-    return {k for k in ok.column("request_key").to_pylist() if k}
+@dataclass
+class DoneIndex:
+    """What OUT holds for one set of options: files by (source, fingerprint), and request keys."""
+
+    files: set[tuple[str, str]] = field(default_factory=set)
+    contents: frozenset[str] = frozenset()
+
+    @classmethod
+    def load(cls, out: str, options: JobOptions, storage_options: dict[str, Any] | None = None) -> DoneIndex:
+        """Reads four columns of the transcripts table, nothing else."""
+        t = tables.read_table(out, "transcripts", columns=["source", "fingerprint", "request_key"],
+                              where=(ds.field("status") == "ok") & (ds.field("options") == options.as_json()),
+                              storage_options=storage_options)
+        sources, prints, keys = (t.column(c).to_pylist() for c in ("source", "fingerprint", "request_key"))
+        return cls(set(zip(sources, prints)), frozenset(k for k in keys if k))
 
 
 @dataclass
 class ResumeState:
-    done: set[str] = field(default_factory=set)
-    #: Ledger entries left by earlier runs whose result is not in the tables, by request key.
-    outstanding: dict[str, dict[str, Any]] = field(default_factory=dict)
+    done: DoneIndex
+    #: Ledger entries left by earlier runs (answers, jobs, requests sent with no answer).
+    outstanding: int = 0
 
     @classmethod
-    def load(cls, out: str, storage_options: dict[str, Any] | None = None) -> ResumeState:
-        """Read the done keys and the ledger once; clear entries whose result is already written
-        (a crash between writing the rows and clearing the entry)."""
-        done = done_request_keys(out, storage_options)
+    def load(cls, out: str, options: JobOptions, owner: Owner,
+             storage_options: dict[str, Any] | None = None) -> ResumeState:
+        """Read what OUT holds once; clear ledger entries whose rows are already written (a crash
+        between writing the rows and clearing the entry) and claims no live run can need."""
+        done = DoneIndex.load(out, options, storage_options)
         ledger = Ledger(out, storage_options)
-        outstanding = ledger.outstanding()
-        ledger.clear([k for k in outstanding if k in done])
-        return cls(done, {k: v for k, v in outstanding.items() if k not in done})
+        scan = ledger.scan()
+        ledger.clear([k for k in scan.entries if k in done.contents])
+        ledger.remove(Claims(out, owner, storage_options).collectable(scan.claims, set(done.contents)))
+        return cls(done, sum(1 for k in scan.entries if k not in done.contents))
 
 
 @dataclass
@@ -46,15 +58,15 @@ class DiscoveryCounts:
 
 
 def pending_files(source: str, filters: DiscoveryFilter, storage_options: dict[str, Any] | None,
-                  options: JobOptions, state: ResumeState, counts: DiscoveryCounts,
+                  done: DoneIndex, counts: DiscoveryCounts,
                   keep: Callable[[AudioFile], bool] | None = None) -> Iterator[AudioFile]:
-    """The files under `source` that OUT does not hold yet, streamed; `counts` follows along.
-    `keep` selects this run's share of the files (a backfill shard) before anything is counted."""
+    """The files under `source` (those `keep` accepts: a shard) that OUT does not hold yet,
+    streamed; `counts` follows along."""
     for f in discover(source, filters, storage_options):
         if keep is not None and not keep(f):
             continue
         counts.seen += 1
-        if options.request_key(f.fingerprint) in state.done:
+        if (f.url, f.fingerprint) in done.files:
             counts.skipped += 1
             continue
         yield f

@@ -137,6 +137,37 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, write: Writer, *, dur
             os.unlink(tmp)
 
 
+def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> bool:
+    """Create `path` with `data` only if it does not exist; False when it does.
+
+    Exclusive on a local disk (O_EXCL) and on S3 (a conditional PUT, If-None-Match: *,
+    which AWS S3 and most S3-compatible stores honour). Other fsspec backends get a
+    check-then-write, which is not exclusive: document it where it matters.
+    """
+    if is_local(fs):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return True
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    if any(p in _S3_PROTOCOLS for p in protocols):
+        try:
+            fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+    if fs.exists(path):
+        return False
+    fs.pipe_file(path, data)
+    return True
+
+
 def copy(src_url: str, dst_url: str, storage_options: dict[str, Any] | None = None) -> None:
     """Stream one object to another place (e.g. a local file to a staging bucket)."""
     sfs, spath = filesystem_for(src_url, storage_options)

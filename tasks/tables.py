@@ -58,12 +58,13 @@ def part_files(out: str, table: str, storage_options: dict[str, Any] | None = No
     return compaction_log.live(fs, folder, listing)
 
 
-def read_table(out: str, table: str, *, columns: list[str] | None = None,
+def read_table(out: str, table: str, *, columns: list[str] | None = None, where: ds.Expression | None = None,
                storage_options: dict[str, Any] | None = None) -> pa.Table:
     """All parts of a table (empty with the table's schema when there are none).
 
-    Only `columns` are read from the files. The fixed schema (not the first file's) is
-    used, so parts written by older versions, with fewer columns, read as nulls.
+    Only `columns` are read from the files, and only rows matching `where` (row groups
+    whose statistics rule them out are skipped). The fixed schema (not the first file's)
+    is used, so parts written by older versions, with fewer columns, read as nulls.
     """
     schema = SCHEMAS[table]
     wanted = schema if columns is None else pa.schema([schema.field(c) for c in columns])
@@ -71,4 +72,4 @@ def read_table(out: str, table: str, *, columns: list[str] | None = None,
     if not files:
         return wanted.empty_table()
     fs, _ = storage.filesystem_for(out, storage_options)
-    return ds.dataset(files, schema=schema, format="parquet", filesystem=fs).to_table(columns=columns)
+    return ds.dataset(files, schema=schema, format="parquet", filesystem=fs).to_table(columns=columns, filter=where)

@@ -16,6 +16,7 @@ from typing import Any
 from stt import errors
 from tasks import audio_prep, storage
 from tasks.discovery import AudioFile
+from tasks.identity import content_id, stream_content_id
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,14 @@ class UploadPlan:
     duration_s: float | None = None
     estimated_cost: float | None = None
     cleanup: Callable[[], None] = _nothing
+    #: What the audio is (`tasks.identity`): a hash of its bytes, or the S3 ETag of an
+    #: object sent by URL; None in a dry run, which reads no large file whole.
+    content: str | None = None
 
 
-def plan_upload(f: AudioFile, policy: UploadPolicy, key: str, *, price_per_min: float | None,
+def plan_upload(f: AudioFile, policy: UploadPolicy, *, price_per_min: float | None,
                 dry_run: bool = False, probe: bool = True) -> UploadPlan:
-    """Choose how `f` travels (blocking: run it in a thread). `key` names staged copies."""
+    """Choose how `f` travels, and learn what its content is (blocking: run it in a thread)."""
 
     def cost(duration_s: float | None) -> float | None:
         return None if duration_s is None or price_per_min is None else duration_s / 60.0 * price_per_min
@@ -70,23 +74,34 @@ def plan_upload(f: AudioFile, policy: UploadPolicy, key: str, *, price_per_min: 
         data = storage.read_bytes(f.url, policy.storage_options)
         duration = _probe_or_none(data) if probe else None
         return UploadPlan("direct", lambda: iter([Unit(0, 0.0, None, data=data)]), duration_s=duration,
-                          estimated_cost=cost(duration))
+                          estimated_cost=cost(duration), content=content_id(data))
 
     duration = _probe_large(f, policy)
+    content = None if dry_run else _large_content(f, policy)
     fits_url = f.size <= policy.max_url_bytes
     url = _presigned(f.url, policy) if fits_url and storage.is_remote(f.url) else None
     if url:
         return UploadPlan("url", lambda: iter([Unit(0, 0.0, None, url=url)]), duration_s=duration,
-                          estimated_cost=cost(duration))
+                          estimated_cost=cost(duration), content=content)
     if fits_url and policy.staging_url:
-        if dry_run:
+        if dry_run or content is None:
             return UploadPlan("staged", lambda: iter(()), duration_s=duration, estimated_cost=cost(duration))
-        return _staged(f, policy, key, duration, cost(duration))
+        return _staged(f, policy, content, duration, cost(duration))
     if audio_prep.estimated_reencoded_bytes(duration) < policy.max_direct_upload_bytes:
         return UploadPlan("reencode", lambda: _reencoded(f, policy), duration_s=duration,
-                          estimated_cost=cost(duration))
+                          estimated_cost=cost(duration), content=content)
     return UploadPlan("chunks", lambda: _chunks(f, policy), single=False, duration_s=duration,
-                      estimated_cost=cost(duration))
+                      estimated_cost=cost(duration), content=content)
+
+
+def _large_content(f: AudioFile, policy: UploadPolicy) -> str:
+    """A large S3 object is named by its ETag (a hash S3 computed of its content: it is
+    not downloaded just to hash it); other large files are hashed in one streaming pass."""
+    if f.fingerprint.startswith("etag:"):
+        return f.fingerprint
+    fs, path = storage.filesystem_for(f.url, policy.storage_options)
+    with fs.open(path, "rb") as fh:
+        return stream_content_id(fh)
 
 
 def _probe_or_none(data: bytes) -> float | None:
@@ -112,13 +127,14 @@ def _presigned(url: str, policy: UploadPolicy) -> str | None:
         return None
 
 
-def _staged(f: AudioFile, policy: UploadPolicy, key: str, duration: float, cost: float | None) -> UploadPlan:
+def _staged(f: AudioFile, policy: UploadPolicy, content: str, duration: float, cost: float | None) -> UploadPlan:
     assert policy.staging_url is not None
-    staged = storage.join(policy.staging_url, key + _ext(f.name))
+    staged = storage.join(policy.staging_url, content.split(":")[-1] + _ext(f.name))
     storage.copy(f.url, staged, policy.storage_options)
     url = storage.presign(staged, policy.presign_expires_s, policy.storage_options)
     return UploadPlan("staged", lambda: iter([Unit(0, 0.0, None, url=url)]), duration_s=duration,
-                      estimated_cost=cost, cleanup=lambda: storage.remove(staged, policy.storage_options))
+                      estimated_cost=cost, cleanup=lambda: storage.remove(staged, policy.storage_options),
+                      content=content)
 
 
 def _reencoded(f: AudioFile, policy: UploadPolicy) -> Iterator[Unit]:

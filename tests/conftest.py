@@ -31,6 +31,15 @@ def audio_file(name: str) -> Path:
     pytest.skip(f"{name} is neither in {SHARED_AUDIO} nor in {SAMPLES}")
 
 
+def distinct_copy(name: str, dst: Path) -> Path:
+    """A copy of a clip with a few random bytes appended: decoders ignore them, but the
+    content (and so the request key) is this test's own, so charges counted on the shared
+    server belong to this test and are not idempotent replays of another test's request."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(audio_file(name).read_bytes() + os.urandom(16))
+    return dst
+
+
 def manifest() -> list[dict]:
     path = SHARED_AUDIO / "manifest.json"
     if not path.is_file():
@@ -185,3 +194,21 @@ def s3_env(s3_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: py
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     return s3_server
+
+
+# -- one file through the pipeline's sending code, as a batch sends it ----------------------
+
+
+async def send_one(client, f, cfg):
+    """`transcribe_one` for one file with the ledger and claims a batch uses; the ledger is
+    settled afterwards as a batch settles it (claims released, finished entries cleared)."""
+    from tasks.batch import settle_ledger
+    from tasks.claims import Claims, Owner
+    from tasks.ledger import Ledger
+    from tasks.sending import StopSignal, transcribe_one
+
+    ledger = Ledger(cfg.out, cfg.storage_options)
+    claims = Claims(cfg.out, cfg.owner or Owner.this_process(cfg.run_id), cfg.storage_options)
+    outcome = await transcribe_one(client, f, cfg, ledger, claims, StopSignal())
+    settle_ledger([outcome], ledger, claims)
+    return outcome

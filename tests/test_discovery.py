@@ -197,19 +197,25 @@ def test_local_missing_root_raises(tmp_path):
         list(discover(str(tmp_path / "nope")))
 
 
-def test_local_broken_symlinks_and_loops_are_skipped(tmp_path, caplog):
+def test_local_broken_symlinks_are_reported_and_directory_loops_skipped(tmp_path, caplog):
     _touch(tmp_path / "real.wav")
     (tmp_path / "dangling.wav").symlink_to(tmp_path / "gone.wav")
     (tmp_path / "selfloop.wav").symlink_to(tmp_path / "selfloop.wav")
     (tmp_path / "link.wav").symlink_to(tmp_path / "real.wav")
+    (tmp_path / "dangling.txt").symlink_to(tmp_path / "gone.txt")  # not audio: not reported
     (tmp_path / "d").mkdir()
     _touch(tmp_path / "d" / "in.wav")
     (tmp_path / "d" / "up").symlink_to(tmp_path, target_is_directory=True)  # cycle
     with caplog.at_level(logging.WARNING, logger="tasks.discovery"):
-        names = _rel(list(discover(str(tmp_path))), str(tmp_path))
-    assert names == ["d/in.wav", "link.wav", "real.wav"]
-    text = caplog.text
-    assert "dangling.wav" in text and "selfloop.wav" in text and "loop" in text
+        found = list(discover(str(tmp_path)))
+    assert _rel(found, str(tmp_path)) == ["d/in.wav", "dangling.wav", "link.wav", "real.wav", "selfloop.wav"]
+    broken = {f.name: f.fingerprint for f in found if f.fingerprint.startswith("broken-link:")}
+    assert broken == {"dangling.wav": f"broken-link:{tmp_path / 'gone.wav'}",
+                      "selfloop.wav": f"broken-link:{tmp_path / 'selfloop.wav'}"}
+    assert "loop" in caplog.text
+    # A date window cannot prove a dangling link is in it: it is left out.
+    windowed = discover(str(tmp_path), DiscoveryFilter(modified_since=datetime(2000, 1, 1, tzinfo=timezone.utc)))
+    assert not [f for f in windowed if f.fingerprint.startswith("broken-link:")]
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")

