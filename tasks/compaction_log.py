@@ -17,7 +17,8 @@ parts, says which parts count:
 Committing a compaction is one atomic write of this file (`storage.write_atomic`: a
 rename on a local disk, one PUT on S3): before it, readers see exactly the small parts;
 after it, exactly the large ones. The small parts are removed after the commit. Names
-are paths relative to the table's folder.
+are paths relative to the table's folder; a run never reuses a part name (they carry its
+run id and batch number), so a tombstone cannot hide a newer part.
 
 Readers list the folder first and read the log second (the log can only be newer). One
 race remains: a listing taken while the large parts were being written, with the commit

@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 from types import ModuleType
 
-from flows.cli import run, serve
+from flows.cli import compact, run, serve
 
-COMMANDS: dict[str, ModuleType] = {"run": run, "serve": serve}
+COMMANDS: dict[str, ModuleType] = {"run": run, "serve": serve, "compact": compact}
 
 
 def build_parser() -> argparse.ArgumentParser:
