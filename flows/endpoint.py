@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 
 from pydantic import SecretStr
 
@@ -49,19 +50,29 @@ def api_endpoint(settings: Settings) -> Iterator[Endpoint]:
         yield Endpoint(server.api_url, SecretStr(server.api_key), settings.request_timeout_s, idempotent=True)
 
 
-def check_access(endpoint: Endpoint, retry: RetryPolicy = RetryPolicy()) -> float:
-    """Fail fast on a bad key before any file is sent; returns the USD balance.
+@dataclass(frozen=True)
+class Access:
+    balance: float
+    #: The endpoint, knowing whether the API answers a repeated Idempotency-Key without
+    #: charging again (it says so in an `Idempotency-Keys: supported` header).
+    endpoint: Endpoint
+
+
+def check_access(endpoint: Endpoint, retry: RetryPolicy = RetryPolicy()) -> Access:
+    """Fail fast on a bad key before any file is sent; the USD balance and what the API supports.
 
     Transient errors (503, 429, a dropped connection) are retried like any request:
     one busy moment of the API must not abort a night's run."""
 
-    async def check() -> float:
+    async def check() -> Access:
         async with endpoint.client() as client:
             attempt = 0
             while True:
                 attempt += 1
                 try:
-                    return float((await client.balance()).usd_balance)
+                    balance = float((await client.balance()).usd_balance)
+                    idempotent = endpoint.idempotent or client.idempotency_supported
+                    return Access(balance, replace(endpoint, idempotent=idempotent))
                 except errors.TransientError as exc:
                     if attempt >= retry.max_attempts:
                         raise

