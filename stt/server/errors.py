@@ -73,7 +73,7 @@ async def _api_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    return error_response(exc.status_code, str(exc.detail), exc.headers)
+    return error_response(exc.status_code, str(exc.detail), dict(exc.headers) if exc.headers else None)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

@@ -77,8 +77,8 @@ class EmbeddedServer:
         self.port = self.port or free_port(self.host)
         if self.db_path is None or self.log_path is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="bulkscribe-server-")
-        db = self.db_path or Path(self._tmp.name) / "server.sqlite3"
-        self.log_path = self.log_path or Path(self._tmp.name) / "server.log"
+        db = self.db_path or self._tmp_path() / "server.sqlite3"
+        self.log_path = self.log_path or self._tmp_path() / "server.log"
         env = {**os.environ, **self.env, "BULKSCRIBE_SERVER_DB_PATH": str(db)}
         if self.url_allowlist:
             env["BULKSCRIBE_SERVER_URL_ALLOWLIST"] = ",".join(self.url_allowlist)
@@ -139,10 +139,16 @@ class EmbeddedServer:
         self._release()
 
     def log_tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-n:])
-        except (OSError, TypeError):
+        if self.log_path is None:
             return ""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def _tmp_path(self) -> Path:
+        assert self._tmp is not None
+        return Path(self._tmp.name)
 
     def __enter__(self) -> EmbeddedServer:
         return self.start()

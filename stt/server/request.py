@@ -11,7 +11,7 @@ so that nothing downstream holds a whole file in memory.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import asdict, dataclass
 from urllib.parse import parse_qsl
 
@@ -206,7 +206,7 @@ def validation_summary(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:3])
 
 
-async def _capped(stream: AsyncIterator[bytes], limit: int, too_large: APIError) -> AsyncIterator[bytes]:
+async def _capped(stream: AsyncIterator[bytes], limit: int, too_large: APIError) -> AsyncGenerator[bytes, None]:
     seen = 0
     async for chunk in stream:
         seen += len(chunk)

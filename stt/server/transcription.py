@@ -10,12 +10,14 @@ decoded). Asynchronous models are charged and persisted as a job at once and ans
 
 from __future__ import annotations
 
+from typing import cast
+
 import anyio
 from fastapi.responses import JSONResponse
 
-from stt.contract import SYNC_MODELS, WIZPER, AsyncJob, TranscribeResponse
+from stt.contract import SYNC_MODELS, WIZPER, AsyncJob, JobStatus, TranscribeResponse
 from stt.server.admission import Ticket
-from stt.server.audio import AudioDecodeError, decode, probe_duration
+from stt.server.audio import AudioDecodeError, probe_duration
 from stt.server.billing import Bill, payment_required, require_balance
 from stt.server.engine import Engine, Transcript
 from stt.server.errors import APIError
@@ -94,7 +96,7 @@ async def submit_job(state: ServerState, key_hash: str, req: AudioRequest, ticke
 def accepted_body(job: Job) -> dict[str, object]:
     """The 202 answer for a job (also what a replayed submission answers)."""
     return AsyncJob(
-        runId=job.run_id, status=job.status, model=job.model, cost=job.cost_micro / MICRO, paymentSource="USD",
+        runId=job.run_id, status=cast(JobStatus, job.status), model=job.model, cost=job.cost_micro / MICRO, paymentSource="USD",
         isApiRequest=True, fileName=job.file_name, fileSize=job.file_size,
         chargedDuration=round((job.duration_s or 0) / 60.0, 6), diarize=bool(job.params.get("diarize")),
     ).model_dump(exclude_none=True)
@@ -102,9 +104,9 @@ def accepted_body(job: Job) -> dict[str, object]:
 
 def transcribe_file(engine: Engine, path: str, *, accurate: bool, language: str | None,
                     word_timestamps: bool = False) -> Transcript:
-    """Decode and transcribe (blocking); undecodable audio is a 400."""
+    """Transcribe (blocking; the engine streams the file); undecodable audio is a 400."""
     try:
-        return engine.transcribe(decode(path), accurate=accurate, language=language, word_timestamps=word_timestamps)
+        return engine.transcribe(path, accurate=accurate, language=language, word_timestamps=word_timestamps)
     except AudioDecodeError as exc:
         raise APIError(400, str(exc)) from None
 
