@@ -7,8 +7,9 @@ and their temp files stay within `disk_budget` bytes; past either bound a reques
 answered at once (503 + Retry-After) instead of piling up until clients time out, so under
 load every request gets an answer and memory and disk stay bounded.
 
-`slots` is the other half: at most `workers` decodes/transcriptions run at once; the
-tickets' holders queue for a slot.
+`slots` is the other half: at most `settings.engine_slots()` transcriptions run at once
+(`workers`, times `max_batch` on the fast engine path, whose requests share model batches);
+the tickets' holders queue for a slot.
 """
 
 from __future__ import annotations

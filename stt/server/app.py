@@ -44,7 +44,7 @@ def create_app(settings: ServerSettings | None = None, *, store: Store | None = 
     engine = engine or engine_for(settings)
     for key, balance in (api_keys or {}).items():
         store.ensure_key(key, balance)
-    admission = Admission(settings.workers, settings.max_queue, settings.temp_disk_budget_bytes,
+    admission = Admission(settings.engine_slots(), settings.max_queue, settings.temp_disk_budget_bytes,
                           settings.retry_after_s)
     downloader = Downloader(settings.max_url_bytes, settings.url_download_timeout_s,
                             UrlPolicy.parse(settings.url_allowlist))

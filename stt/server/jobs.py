@@ -111,8 +111,10 @@ class JobRunner:
 
     def _process(self, job: Job) -> dict[str, Any]:
         p = job.params
-        audio = decode(job.audio_path)
-        transcript = self.engine.transcribe(audio, accurate=True, language=p.get("language"), word_timestamps=True)
+        # The diarizer needs the whole array; without it the engine streams the file (flat memory).
+        audio = decode(job.audio_path) if p.get("diarize") or p.get("tag_audio_events") else None
+        transcript = self.engine.transcribe(job.audio_path if audio is None else audio, accurate=True,
+                                            language=p.get("language"), word_timestamps=True)
         turns = events = None
         if p.get("diarize") or p.get("tag_audio_events"):
             try:

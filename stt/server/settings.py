@@ -96,8 +96,10 @@ class ServerSettings(BaseSettings):
 
     def engine_slots(self) -> int:
         """Requests that may be inside the engine at once: one per worker, times `max_batch`
-        on the fast path (their model calls share batches, so more inside means bigger batches)."""
-        return self.workers * (self.max_batch if self.engine_path == "fast" else 1)
+        on the Whisper engine's fast path (their model calls share batches, so more inside
+        means bigger batches; the fake engine has nothing to share)."""
+        batching = self.engine == "whisper" and self.engine_path == "fast"
+        return self.workers * (self.max_batch if batching else 1)
 
     def threads_per_worker(self) -> int:
         if self.cpu_threads > 0:
