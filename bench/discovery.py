@@ -13,14 +13,15 @@ The S3 side runs against moto's ThreadedMotoServer, started by this script in
 a child process. moto spends roughly as much CPU per 1,000-key ListObjectsV2
 page as botocore spends parsing it, so S3 timings are dominated by (and as
 noisy as) moto on a busy machine; they say nothing about real S3 latency.
-Needs moto[server] and boto3 (the dev extra).
+Needs moto[server] and boto3 (the dev extra); without them it stops at once and
+says so. The moto child is waited with a timeout: if it dies (a missing module, a
+crash) the benchmark fails with its exit code instead of waiting forever.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import multiprocessing
 import os
 import shutil
 import socket
@@ -35,6 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench._common import BenchError, Child, require, run_main  # noqa: E402
 from tasks.discovery import discover  # noqa: E402
 from tasks.storage import filesystem_for  # noqa: E402
 
@@ -108,12 +110,9 @@ def _moto_process(n_objects: int, conn) -> None:
 
 
 def bench_s3(n_objects: int, repeats: int) -> dict:
-    ctx = multiprocessing.get_context("spawn")  # no fork of a process with an IO-loop thread
-    parent_conn, child_conn = ctx.Pipe()
-    proc = ctx.Process(target=_moto_process, args=(n_objects, child_conn), daemon=True)
-    proc.start()
+    moto = Child("moto server (child process)", _moto_process, n_objects)
     try:
-        endpoint, t_setup = parent_conn.recv()
+        endpoint, t_setup = moto.recv(timeout_s=300 + n_objects / 100)
         # Explicit options rather than env vars: the bench must not depend on, or
         # leak into, the caller's AWS configuration.
         opts = {
@@ -138,11 +137,7 @@ def bench_s3(n_objects: int, repeats: int) -> dict:
 
         t_find, t_disc, n_find, n_disc = _race(find_fn, discover_fn, repeats, warmup)
     finally:
-        parent_conn.send("stop")
-        proc.join(15)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(5)
+        moto.stop()
     return dict(case="s3 (moto)", n=n_objects, setup=t_setup, find=t_find, disc=t_disc, n_find=n_find, n_disc=n_disc)
 
 
@@ -230,9 +225,14 @@ def rss_child(mode: str, root: Path, trace: bool = False) -> tuple[int, float, f
     RUSAGE_CHILDREN has the same problem.
     """
     code = _RSS_CHILD.format(repo=str(REPO))
-    out = subprocess.run(
-        [sys.executable, "-c", code, mode, str(root), "1" if trace else "0"], check=True, capture_output=True, text=True
-    ).stdout.split()
+    try:
+        done = subprocess.run([sys.executable, "-c", code, mode, str(root), "1" if trace else "0"],
+                              capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"the {mode!r} memory child took over 900 s") from None
+    if done.returncode != 0:
+        raise BenchError(f"the {mode!r} memory child exited with code {done.returncode}: {done.stderr.strip()[-500:]}")
+    out = done.stdout.split()
     return int(out[0]), int(out[1]) / 1024, int(out[2]) / 2**20
 
 
@@ -242,6 +242,7 @@ def main() -> int:
     ap.add_argument("--local-files", type=int, default=100_000)
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per side; best is kept")
     args = ap.parse_args()
+    require("boto3", "moto", "flask")  # the S3 side: moto[server] and boto3, before any work
 
     t_all = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="bulkscribe-bench-"))
@@ -288,4 +289,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))
