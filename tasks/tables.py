@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
@@ -35,12 +36,20 @@ def write_part(out: str, table: str, data: pa.Table, *, part_name: str,
         data = data.cast(SCHEMAS[table])
     fs, root = storage.filesystem_for(out, storage_options)
     final = f"{root.rstrip('/')}/{table}/{part_name}.parquet"
-    data = data.sort_by(SORT_COLUMN)  # a stable sort: one file's words keep their order
+    if not is_sorted(data.column(SORT_COLUMN)):
+        data = data.sort_by(SORT_COLUMN)  # a stable sort: one file's words keep their order
     sorting = pq.SortingColumn.from_ordering(data.schema, [(SORT_COLUMN, "ascending")])
     storage.write_atomic(fs, final, lambda f: pq.write_table(
         data, f, compression="zstd", row_group_size=ROW_GROUP_ROWS, sorting_columns=sorting,
         write_statistics=True))
     return final
+
+
+def is_sorted(column: pa.ChunkedArray) -> bool:
+    """True when the column is in ascending order (a linear check; sorting costs far more)."""
+    if len(column) < 2:
+        return True
+    return not pc.any(pc.less(column.slice(1), column.slice(0, len(column) - 1))).as_py()
 
 
 def part_files(out: str, table: str, storage_options: dict[str, Any] | None = None) -> list[str]:
