@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
+import pyarrow as pa
 import pyarrow.dataset as ds
 
 from tasks import storage, tables
@@ -88,9 +89,8 @@ def plan(out: str, table: str, *, target_bytes: int = TARGET_BYTES,
     """Finish what an earlier compaction left, then group the small live parts."""
     fs, root = storage.filesystem_for(out, storage_options)
     folder = f"{root.rstrip('/')}/{table}"
-    recover(fs, folder)
+    sizes = recover(fs, folder)
     live = tables.part_files(out, table, storage_options)
-    sizes = _sizes(fs, folder)
     small = [p for p in live if sizes.get(p, 0) < target_bytes // 2]
     groups = [g for g in _groups(small, sizes, target_bytes) if len(g) > 1]
     generation = f"{now_utc():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
@@ -102,7 +102,7 @@ def write_outputs(p: Plan) -> None:
     """Write each group as one large part; invisible to `part_files` until `commit`."""
     fs, _ = storage.filesystem_for(p.out, p.storage_options)
     for i, group in enumerate(p.groups):
-        data = ds.dataset(group, schema=SCHEMAS[p.table], format="parquet", filesystem=fs).to_table()
+        data = in_source_order(ds.dataset(group, schema=SCHEMAS[p.table], format="parquet", filesystem=fs).to_table())
         written = tables.write_part(p.out, p.table, data, part_name=f"{COMPACTED_PREFIX}{p.generation}-{i:05d}",
                                     storage_options=p.storage_options)
         if written is not None:
@@ -130,22 +130,38 @@ def remove_replaced(p: Plan) -> None:
     fs.invalidate_cache(p.folder)
 
 
-def recover(fs: fsspec.AbstractFileSystem, folder: str) -> None:
+def in_source_order(data: pa.Table) -> pa.Table:
+    """The rows in source order without sorting them, when that is a matter of putting
+    whole record batches in order: every part is sorted, and the parts of one run hold
+    consecutive files of a sorted discovery, so their ranges rarely overlap. When they
+    do, the table is returned as it is and `write_part` sorts it."""
+    column = tables.SORT_COLUMN
+    runs = sorted(((b.column(column)[0].as_py(), b.column(column)[-1].as_py(), i, b)
+                   for i, b in enumerate(data.to_batches()) if b.num_rows), key=lambda r: r[:3])
+    if all(prev[1] <= nxt[0] for prev, nxt in zip(runs, runs[1:])):
+        return pa.Table.from_batches([r[3] for r in runs], schema=data.schema)  # write_part checks the order
+    return data
+
+
+def recover(fs: fsspec.AbstractFileSystem, folder: str) -> dict[str, int]:
     """Remove what a crashed compaction left: replaced parts still present, and output
-    that was never committed. Then forget tombstones past their period."""
+    that was never committed. Then forget tombstones past their period. Returns the
+    sizes of the parts left."""
     log = CompactionLog.read(fs, folder)
-    present = set(_sizes(fs, folder))
-    names = {relative(folder, p): p for p in present}
-    leftovers = [path for name, path in names.items()
-                 if name in log.dead or (is_compacted(name) and name not in log.outputs)]
+    sizes = _sizes(fs, folder)
+    names = {relative(folder, p): p for p in sizes}
+    dead, outputs = log.dead, log.outputs
+    leftovers = {path for name, path in names.items()
+                 if name in dead or (is_compacted(name) and name not in outputs)}
     if leftovers:
-        fs.rm(leftovers)
+        fs.rm(sorted(leftovers))
         fs.invalidate_cache(folder)
     before = len(log.generations), sum(len(g.replaced) + len(g.outputs) for g in log.generations)
     log.prune({n for n in names if names[n] not in leftovers}, now_utc())
     after = len(log.generations), sum(len(g.replaced) + len(g.outputs) for g in log.generations)
     if after != before:
         log.write(fs, folder)
+    return {p: n for p, n in sizes.items() if p not in leftovers}
 
 
 def _sizes(fs: fsspec.AbstractFileSystem, folder: str) -> dict[str, int]:

@@ -75,6 +75,25 @@ def test_compact_merges_parts_sorted_with_statistics(tmp_path):
     assert [w["word_index"] for w in one] == list(range(40))
 
 
+def test_disjoint_parts_are_put_in_order_and_overlapping_ones_sorted(tmp_path):
+    """Parts of one run hold consecutive files (disjoint ranges, merged by ordering them);
+    parts of interleaved sources are sorted. Either way the output is in source order."""
+    for name, offset in (("disjoint", 1), ("overlapping", 10)):
+        out = str(tmp_path / name)
+        for i in range(6):
+            files = [FileWords(f"/a/{(5 - i) * 10 + j * offset:03d}.wav", "fp", "Elevenlabs-STT",
+                               [Word(text=f"{i}-{j}-{k}", start=k, end=k + 0.5) for k in range(5)]) for j in range(3)]
+            tables.write_part(out, "words", words_table(files), part_name=f"part-{i:05d}")
+        expected = rows(out, "words")
+        compaction.compact(out, table_names=("words",))
+        assert rows(out, "words") == expected
+        got = tables.read_table(out, "words").to_pylist()
+        assert [r["source"] for r in got] == sorted(r["source"] for r in got)
+        for source in {r["source"] for r in got}:
+            assert [r["word_index"] for r in got if r["source"] == source] == list(range(5)) * (
+                sum(1 for r in got if r["source"] == source) // 5)
+
+
 def test_one_source_is_found_from_statistics_without_scanning(tmp_path):
     """Parts over several row groups: a filter on source keeps one row group of many."""
     out = str(tmp_path / "out")
