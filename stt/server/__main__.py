@@ -23,9 +23,15 @@ KEY_ENV = "BULKSCRIBE_SERVER_BOOTSTRAP_KEY"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bulkscribe serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The server's flags, on this parser (`bulkscribe serve` adds them to its subcommand)."""
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default 8765)")
-    p.add_argument("--api-key-file", default=None, help="file holding the API key to accept; created if new")
+    p.add_argument("--api-key-file", default=None, help="file whose first line is the API key to accept (a new key is created)")
     p.add_argument("--api-key", default=None,
                    help=f"API key to accept (shows in `ps`: prefer --api-key-file or {KEY_ENV})")
     p.add_argument("--balance", type=float, default=10.0,
@@ -40,7 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inject faults, e.g. 'all=0.3,seed=7' (see stt/server/faults.py)")
     p.add_argument("--lifeline-fd", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
-    return p
 
 
 def api_key(args: argparse.Namespace) -> str | None:
@@ -51,7 +56,11 @@ def api_key(args: argparse.Namespace) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until stopped; 2 (and a message) for bad arguments."""
     from stt.server.lifeline import hold_on
 
     hold_on(args.lifeline_fd, args.parent_pid)
