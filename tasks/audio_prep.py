@@ -150,7 +150,9 @@ def _encode_opus(blocks: Iterable[np.ndarray], rate: int, bitrate: int) -> bytes
     if rate not in OPUS_RATES:
         raise ValueError(f"Opus encodes {OPUS_RATES} Hz input, not {rate}")
     buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="ogg") as out:
+    # bitexact: no random Ogg stream serial, so the same audio encodes to the same bytes and a
+    # re-sent request matches its Idempotency-Key (the server refuses a key with other bytes).
+    with av.open(buffer, mode="w", format="ogg", options={"fflags": "+bitexact"}) as out:
         try:
             stream = out.add_stream("libopus", rate=rate, layout="mono")
         except (av.codec.codec.UnknownCodecError, av.error.FFmpegError) as exc:
