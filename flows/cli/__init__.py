@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 from types import ModuleType
 
-from flows.cli import compact, evaluate, run, serve
+from flows.cli import compact, evaluate, export, run, serve
 
-COMMANDS: dict[str, ModuleType] = {"run": run, "serve": serve, "compact": compact, "evaluate": evaluate}
+COMMANDS: dict[str, ModuleType] = {"run": run, "serve": serve, "compact": compact, "evaluate": evaluate, "export": export}
 
 
 def build_parser() -> argparse.ArgumentParser:
