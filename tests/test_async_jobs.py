@@ -24,7 +24,7 @@ import requests
 from pydantic import SecretStr
 
 from config.settings import Settings
-from flows.transcribe_archive import transcribe_archive
+from flows.transcribe_archive import run_with_settings
 from stt.contract import AsyncJob, StatusResponse
 from stt.server.launcher import EmbeddedServer
 from tests.conftest import distinct_copy, REPO, audio_file, reference, wer
@@ -121,7 +121,7 @@ def test_flow_with_elevenlabs_fills_four_tables(prefect_api, server, tmp_path):
     out = tmp_path / "out"
     settings = Settings(api_url=server.api_url, api_key=SecretStr(server.api_key), model=ELEVEN,
                         diarize=True, tag_audio_events=True, language="en")
-    summary = transcribe_archive(str(src), str(out), settings=settings)
+    summary = run_with_settings(str(src), str(out), settings)
     assert summary.transcribed == 2 and summary.failed == 0
     t = pl.read_parquet(f"{out}/transcripts/*.parquet")
     words = pl.read_parquet(f"{out}/words/*.parquet")

@@ -15,8 +15,8 @@ import pytest
 from pydantic import SecretStr
 
 from config.settings import Settings
-from flows.errors import RunAborted
-from flows.transcribe_archive import transcribe_archive
+from flows.errors import NothingTranscribed, RunAborted
+from flows.transcribe_archive import run_with_settings
 from stt.client import STTClient
 from tasks import tables
 from tasks.batch_config import BatchConfig
@@ -59,7 +59,7 @@ def test_folder_to_parquet_then_idempotent_rerun(prefect_api, server, archive, t
     settings = settings_for(server)
     before = balance(server)
 
-    first = transcribe_archive(str(archive), str(out), settings=settings)
+    first = run_with_settings(str(archive), str(out), settings)
     assert (first.seen, first.transcribed, first.failed, first.skipped) == (4, 3, 1, 0)
     spent = before - balance(server)
     assert spent == pytest.approx(first.cost, abs=1e-5) and spent > 0
@@ -85,7 +85,10 @@ def test_folder_to_parquet_then_idempotent_rerun(prefect_api, server, archive, t
 
     # Second run: nothing paid again, the failure is retried (and fails again).
     spent_before = balance(server)
-    second = transcribe_archive(str(archive), str(out), settings=settings)
+    # Nothing new but the corrupt file, which fails again: the flow run ends Failed (and says why).
+    with pytest.raises(NothingTranscribed) as ended:
+        run_with_settings(str(archive), str(out), settings)
+    second = ended.value.summary
     assert (second.seen, second.transcribed, second.skipped, second.failed) == (4, 0, 3, 1)
     assert balance(server) == spent_before
     assert read(out, "transcripts").height == 3
@@ -93,11 +96,11 @@ def test_folder_to_parquet_then_idempotent_rerun(prefect_api, server, archive, t
 
     # Fix the corrupt file: its fingerprint changes and the next run transcribes it.
     distinct_copy("leopard_test_fr.wav", archive / "2025" / "corrupt.wav")
-    third = transcribe_archive(str(archive), str(out), settings=settings)
+    third = run_with_settings(str(archive), str(out), settings)
     assert (third.transcribed, third.skipped, third.failed) == (1, 3, 0)
 
     # Another model is another request: transcribed again, not skipped.
-    other = transcribe_archive(str(archive), str(out), settings=settings_for(server).model_copy(
+    other = run_with_settings(str(archive), str(out), settings_for(server).model_copy(
         update={"model": "Whisper-Large-V3"}))
     assert other.transcribed == 4 and other.skipped == 0
 
@@ -121,10 +124,10 @@ def test_folder_to_parquet_then_idempotent_rerun(prefect_api, server, archive, t
 def test_bad_key_fails_fast_before_sending_anything(prefect_api, server, archive, tmp_path):
     settings = Settings(api_url=server.api_url, api_key=SecretStr("wrong"), model="Wizper")
     with pytest.raises(RunAborted, match="rejected the key"):
-        transcribe_archive(str(archive), str(tmp_path / "out"), settings=settings)
+        run_with_settings(str(archive), str(tmp_path / "out"), settings)
     assert not (tmp_path / "out" / "transcripts").exists()
     with pytest.raises(RunAborted, match="NANOGPT_API_KEY"):
-        transcribe_archive(str(archive), str(tmp_path / "out"), settings=Settings(api_url=server.api_url))
+        run_with_settings(str(archive), str(tmp_path / "out"), Settings(api_url=server.api_url))
 
 
 class FlakyTransport(httpx.AsyncBaseTransport):
@@ -298,7 +301,7 @@ def test_balance_caps_the_run_and_a_402_stops_it(prefect_api, tmp_path):
         settings = Settings(api_url=poor.api_url, api_key=SecretStr(poor.api_key), model="Wizper",
                             concurrency=1, batch_size=2)
         # The flow checks the balance first and sends no more than its estimate allows.
-        summary = transcribe_archive(str(src), str(tmp_path / "out"), settings=settings, parallel_batches=1)
+        summary = run_with_settings(str(src), str(tmp_path / "out"), settings.model_copy(update={"parallel_batches": 1}))
         assert summary.transcribed == 2 and summary.failed == 0
         assert summary.stop_reason and summary.stop_reason.startswith("balance reached")
         assert len([c for c in usage(poor) if c["kind"] == "sync"]) == 2
@@ -309,16 +312,3 @@ def test_balance_caps_the_run_and_a_402_stops_it(prefect_api, tmp_path):
         result = transcribe_batch.fn([next(discover(str(f))) for f in files[2:]], cfg, 0)
         assert result.stop_reason.startswith("402") and result.failed == 1 and result.not_sent == 3
         assert len([c for c in usage(poor) if c["kind"] == "sync"]) == 2
-
-
-def test_deployments_build_with_schedule_and_no_secret(monkeypatch):
-    import importlib.util
-
-    monkeypatch.setenv("NANOGPT_API_KEY", "must-not-appear")
-    spec = importlib.util.spec_from_file_location("serve_deployments", REPO / "deployments" / "serve.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    nightly, backfill = module.deployments("s3://archive/calls", "s3://analytics/stt")
-    assert nightly.name == "nightly" and nightly.schedules and nightly.parameters["source"] == "s3://archive/calls"
-    assert backfill.name == "backfill" and not backfill.schedules
-    assert "must-not-appear" not in str(nightly.parameters) + str(backfill.parameters)

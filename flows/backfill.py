@@ -1,0 +1,176 @@
+"""Backfill an archive on a work pool: one child flow run per shard, any number of workers.
+
+The backfill splits its window into shards (`flows.shards`), starts one run of the
+`transcribe_archive` shard deployment per shard with `run_deployment(..., timeout=0)`
+and an idempotency key per shard, waits for them all and reports the total. Any number
+of `prefect worker start --pool bulkscribe` processes, on any machines that reach the
+Prefect API, take the shard runs; each worker reads its own environment (key, API URL,
+model, storage credentials) like the CLI does.
+
+Re-running the same backfill (same parameters) finds each shard's run by its key: a
+finished shard is counted, not run again; a failed, crashed or cancelled one gets a new
+attempt (key suffix `:1`, `:2`...). A shard whose run still says Running but whose
+process is gone (its lease in OUT/_ledger/_runs is stale, or its pid is gone on this
+machine: a killed worker) is marked Crashed and retried the same way. Files are never
+paid twice across attempts: the claims in OUT (tasks.claims) make a second run leave a
+file alone while a live run holds it, and take it over once that run is dead.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from prefect import flow, get_run_logger
+from prefect.client.schemas.objects import FlowRun
+from prefect.deployments import run_deployment
+from prefect.states import Crashed
+
+from flows.artifacts import SUMMARY_DESCRIPTION, SUMMARY_FIELDS, publish_summary, read_summary, redact
+from flows.errors import RunAborted
+from flows.shards import ShardBy, ShardPlanError, plan_shards, shard_key
+from flows.transcribe_archive import load_settings
+from tasks.claims import STALE_AFTER_S, Claims, Owner
+
+#: The deployment the shards run as (prefect.yaml, deployments/serve.py).
+SHARD_DEPLOYMENT = "transcribe_archive/shard"
+#: A shard run that says Running with no lease yet is given this long to start (server start-up...).
+START_GRACE_S = 300.0
+_MAX_ATTEMPTS = 20
+
+
+@dataclass
+class Shard:
+    index: int
+    params: dict[str, Any]
+    key: str
+    attempt: int = 0
+    run: FlowRun | None = None
+    totals: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def final(self) -> bool:
+        return self.run is not None and self.run.state is not None and self.run.state.is_final()
+
+    @property
+    def completed(self) -> bool:
+        return self.run is not None and self.run.state is not None and self.run.state.is_completed()
+
+
+@flow(name="bulkscribe_backfill")
+def backfill(source: str, out: str, shards: int = 4, modified_since: datetime | None = None,
+             modified_before: datetime | None = None, prefixes: list[str] | None = None,
+             shard_by: ShardBy = "hash", model: str | None = None, language: str | None = None,
+             include: list[str] | None = None, exclude: list[str] | None = None,
+             settings: dict[str, Any] | None = None, config: str | None = None,
+             deployment: str = SHARD_DEPLOYMENT, poll_s: float = 5.0) -> dict[str, float]:
+    """Transcribe SOURCE's window in `shards` child runs on the work pool; the total of all shards.
+    Ends Failed when a shard did not complete: re-run the same backfill to retry those alone."""
+    run_settings = load_settings(config, settings, model=model, language=language)
+    common = {k: v for k, v in {"model": model, "language": language, "include": include, "exclude": exclude,
+                                "settings": settings, "config": config}.items() if v}
+    try:
+        plans = plan_shards(source, out, shards, shard_by, modified_since, modified_before, prefixes, common)
+    except ShardPlanError as exc:
+        raise RunAborted(str(exc)) from None
+    work = [Shard(i, p, shard_key(deployment, p)) for i, p in enumerate(plans)]
+    claims = Claims(out, Owner.this_process("backfill"), run_settings.storage_options)
+    for shard in work:
+        _start(shard, deployment, claims)
+    _wait(work, deployment, claims, poll_s)
+    return _report(work, f"{source} -> {out}")
+
+
+def _start(shard: Shard, deployment: str, claims: Claims) -> None:
+    """The shard's current attempt: an earlier one that finished or still lives, else a new one."""
+    logger = get_run_logger()
+    while shard.attempt < _MAX_ATTEMPTS:
+        run = run_deployment(deployment, parameters=shard.params, timeout=0,
+                             idempotency_key=f"{shard.key}:{shard.attempt}")
+        assert isinstance(run, FlowRun)
+        shard.run = run
+        state = run.state
+        if state is not None and state.is_running() and not _alive(run, claims):
+            _mark_crashed(run.id)
+        elif state is None or state.is_completed() or not state.is_final():
+            logger.info("shard %d: run %s (attempt %d, %s)", shard.index, run.name, shard.attempt,
+                        state.name if state else "new")
+            return
+        shard.attempt += 1
+    raise RunAborted(f"shard {shard.index} failed {_MAX_ATTEMPTS} times; see its flow runs")
+
+
+def _wait(work: list[Shard], deployment: str, claims: Claims, poll_s: float) -> None:
+    """Until every shard's run is final; a run whose process died is crashed and retried once more."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        while not all(s.final for s in work):
+            time.sleep(poll_s)
+            for shard in work:
+                if shard.final or shard.run is None:
+                    continue
+                shard.run = client.read_flow_run(shard.run.id)
+                state = shard.run.state
+                if state is not None and state.is_running() and not _alive(shard.run, claims):
+                    get_run_logger().warning("shard %d: run %s lost its process; retrying it", shard.index,
+                                             shard.run.name)
+                    _mark_crashed(shard.run.id)
+                    shard.attempt += 1
+                    _start(shard, deployment, claims)
+
+
+def _alive(run: FlowRun, claims: Claims) -> bool:
+    """A Running shard's process still runs: its lease in OUT is fresh and its pid is there."""
+    lease = claims.lease(str(run.id))
+    if lease is None:
+        started = run.start_time or run.expected_start_time
+        return started is None or time.time() - started.timestamp() < START_GRACE_S
+    owner = Owner(str(run.id), str(lease.get("host", "")), int(lease.get("pid", 0)), str(lease.get("pid_start", "")))
+    return not owner.gone() and time.time() - float(lease.get("alive", 0)) < STALE_AFTER_S
+
+
+def _mark_crashed(run_id: UUID) -> None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(run_id, Crashed(message="the shard's process is gone (stale lease)"), force=True)
+
+
+def _shard_totals(run_id: UUID) -> dict[str, float]:
+    """A finished shard's summary, read back from its table artifact."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]), type=ArtifactFilterType(any_=["table"])))
+    for artifact in artifacts:
+        if (artifact.description or "").startswith(SUMMARY_DESCRIPTION):
+            return read_summary(artifact.data)
+    return {k: 0.0 for k in SUMMARY_FIELDS}
+
+
+def _report(work: list[Shard], title: str) -> dict[str, float]:
+    logger = get_run_logger()
+    total = {k: 0.0 for k in SUMMARY_FIELDS}
+    failed = []
+    for shard in work:
+        assert shard.run is not None
+        shard.totals = _shard_totals(shard.run.id)
+        for k, v in shard.totals.items():
+            total[k] += v
+        if not shard.completed:
+            failed.append(shard)
+        logger.info("shard %d: %s, %d transcribed, %d failed", shard.index,
+                    shard.run.state.name if shard.run.state else "?", shard.totals["transcribed"],
+                    shard.totals["failed"])
+    publish_summary({**total, "shards": len(work)}, f"backfill {title}")
+    if failed:
+        raise RunAborted(redact(f"{len(failed)} of {len(work)} shard(s) did not complete "
+                                f"({', '.join(str(s.index) for s in failed)}); re-run the same backfill to retry "
+                                "them alone"))
+    return total
