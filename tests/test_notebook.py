@@ -1,0 +1,122 @@
+"""The analytics notebook, run headless top to bottom on a small OUT made by the real flow,
+and the queries behind it (tasks/analytics.py) on that OUT and on S3."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tasks import analytics, compaction, tables
+from tasks.rows import TranscriptRow
+from tests.analytics_out import real_out
+from tests.conftest import REPO
+
+NOTEBOOK = REPO / "notebooks" / "analytics.py"
+has_diarization = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("torch") is None, reason="the [diarization] extra is not installed")
+
+
+@pytest.fixture(scope="module")
+def out(server, prefect_api, tmp_path_factory) -> Path:
+    return real_out(server, tmp_path_factory.mktemp("analytics"))
+
+
+def run_notebook(out: Path | str, figures: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "BULKSCRIBE_OUT": str(out), "BULKSCRIBE_FIGURES": str(figures), **env}
+    environment.pop("DISPLAY", None)
+    return subprocess.run([sys.executable, str(NOTEBOOK)], env=environment, capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+
+
+@has_diarization
+def test_notebook_runs_top_to_bottom(out, tmp_path):
+    done = run_notebook(out, tmp_path / "figures", BULKSCRIBE_KEYWORD="country")
+    assert done.returncode == 0, done.stdout + done.stderr
+    png = tmp_path / "figures" / "overview.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_notebook_fails_when_a_cell_fails(tmp_path):
+    bad = tmp_path / "out"
+    (bad / "transcripts").mkdir(parents=True)
+    (bad / "transcripts" / "part-0.parquet").write_bytes(b"PAR1 not parquet at all")
+    done = run_notebook(bad, tmp_path / "figures")
+    assert done.returncode != 0 and "parquet" in (done.stdout + done.stderr).lower()
+
+
+@has_diarization
+def test_queries_on_a_real_out(out):
+    o = analytics.Out(str(out))
+    t = o.transcripts().collect()
+    assert sorted(t["source"].str.split("/").list.last()) == ["jfk.mp3", "three_speakers.ogg", "timit.wav"]
+    usage = analytics.daily_usage(o.transcripts()).collect()
+    assert set(usage["model"]) == {"Elevenlabs-STT", "Wizper"} and usage["files"].sum() == 3
+    assert usage["audio_hours"].sum() == pytest.approx(t["duration_s"].sum() / 3600)
+    assert analytics.languages(o.transcripts()).collect()["language"].to_list() == ["en"]
+    reasons = analytics.failure_reasons(o.scan("failures")).collect()
+    assert reasons["failures"].sum() == 1 and "permanent" in reasons["reason"][0]
+
+    talk = analytics.speaker_talk_time(o.current("segments")).collect()
+    three = talk.filter(pl.col("source").str.ends_with("three_speakers.ogg"))
+    assert three.height >= 2 and three["share"].sum() == pytest.approx(1.0)
+    turns = analytics.turn_taking(o.current("segments")).collect()
+    assert turns.filter(pl.col("source").str.ends_with("three_speakers.ogg"))["speaker_changes"].item() >= 1
+
+    rate = analytics.speaking_rate(o.transcripts(), o.current("words")).collect()
+    jfk = rate.filter(pl.col("source").str.ends_with("jfk.mp3")).row(0, named=True)
+    assert jfk["timed"] and 100 < jfk["wpm"] < 250  # 22 words in about 9 s of speech
+    timit = rate.filter(pl.col("source").str.ends_with("timit.wav")).row(0, named=True)
+    assert not timit["timed"] and timit["wpm"] > 100
+
+    hits = analytics.keyword_in_context(o.current("words"), "Country", width=4)
+    assert hits.height == 2 and set(hits["hit"].str.to_lowercase().str.strip_chars(".,")) == {"country"}
+    first = hits.sort("start").row(0, named=True)
+    assert first["left"].lower().split()[-2:] == ["what", "your"] and first["right"].lower().split()[0] == "can"
+    assert first["link"].startswith("file://") and first["link"].endswith(f"#t={first['start']:.2f}")
+    one = analytics.file_words(o.current("words"), first["source"], "Elevenlabs-STT")
+    assert one["word_index"].is_sorted() and one.filter(pl.col("type") == "word").height >= 20
+
+    before = {name: o.scan(name).collect().height for name in tables.TABLES}
+    compaction.compact(str(out))  # the same answers after compaction
+    assert {name: o.scan(name).collect().height for name in tables.TABLES} == before
+    assert analytics.keyword_in_context(o.current("words"), "country", width=4).height == 2
+
+
+def test_latest_transcript_per_source_and_model(tmp_path):
+    def row(source: str, model: str, day: int, text: str) -> TranscriptRow:
+        return TranscriptRow(source=source, fingerprint=f"fp{day}", request_key=f"{source}{model}{day}", model=model,
+                             language="en", options="{}", text=text, duration_s=60.0, cost=0.01, currency="USD",
+                             upload_mode="direct", file_size=1, speaker_count=None, run_id="r",
+                             transcribed_at=datetime(2026, 3, day, tzinfo=UTC))
+
+    tables.write_part(str(tmp_path), "transcripts", TranscriptRow.table(
+        [row("/a.wav", "Wizper", 2, "new"), row("/b.wav", "Wizper", 1, "b")]), part_name="part-2")
+    tables.write_part(str(tmp_path), "transcripts", TranscriptRow.table(
+        [row("/a.wav", "Wizper", 1, "old"), row("/a.wav", "Elevenlabs-STT", 1, "eleven")]), part_name="part-1")
+    latest = analytics.Out(str(tmp_path)).transcripts().sort("source", "model").collect()
+    assert latest.select("source", "model", "text").rows() == [
+        ("/a.wav", "Elevenlabs-STT", "eleven"), ("/a.wav", "Wizper", "new"), ("/b.wav", "Wizper", "b")]
+    usage = analytics.daily_usage(analytics.Out(str(tmp_path)).transcripts()).collect()
+    assert usage["files"].sum() == 3
+
+
+def test_scan_on_s3(s3_env):
+    import s3fs
+
+    s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_env}).mkdir("analytics-bucket")
+    out = "s3://analytics-bucket/stt"
+    rows = [TranscriptRow(source=f"s3://archive/{i}.wav", fingerprint="fp", request_key=str(i), model="Wizper",
+                          language="fr", options="{}", text="bonjour à tous", duration_s=30.0, cost=0.005,
+                          currency="USD", upload_mode="url", file_size=1, speaker_count=None, run_id="r",
+                          transcribed_at=datetime(2026, 3, 1, tzinfo=UTC)) for i in range(3)]
+    for i in range(3):
+        tables.write_part(out, "transcripts", TranscriptRow.table(rows[i:i + 1]), part_name=f"part-{i}")
+    langs = analytics.languages(analytics.Out(out).transcripts()).collect()
+    assert langs.rows() == [("fr", 3, pytest.approx(90 / 3600))]
+    assert analytics.Out(out).scan("words").collect().height == 0
