@@ -120,3 +120,20 @@ def test_scan_on_s3(s3_env):
     langs = analytics.languages(analytics.Out(out).transcripts()).collect()
     assert langs.rows() == [("fr", 3, pytest.approx(90 / 3600))]
     assert analytics.Out(out).scan("words").collect().height == 0
+
+
+@has_diarization
+def test_duckdb_views_expose_the_tables(out):
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET VARIABLE out = ?", [str(out)])
+    con.execute((REPO / "notebooks" / "views.sql").read_text())
+    o = analytics.Out(str(out))
+    for view, frame in (("transcripts", o.transcripts()), ("failures", o.scan("failures")),
+                        ("words", o.current("words")), ("segments", o.current("segments"))):
+        assert con.execute(f"SELECT count(*) FROM {view}").fetchone()[0] == frame.collect().height > 0, view
+    hours = con.execute("SELECT model, sum(duration_s) / 3600 FROM transcripts GROUP BY model ORDER BY model").fetchall()
+    expected = (analytics.daily_usage(o.transcripts()).group_by("model").agg(pl.col("audio_hours").sum())
+                .sort("model").collect())
+    assert [(m, pytest.approx(h)) for m, h in expected.rows()] == hours
