@@ -24,7 +24,7 @@ $(VENV)/.installed-runtime: $(BIN)/python pyproject.toml config/weights.lock con
 	@touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed-runtime
-	$(PIP) install -e '.[server,diarization,dev]'
+	$(PIP) install -e '.[server,diarization,analytics,dev]'
 	@touch $@
 
 install: $(VENV)/.installed-runtime
