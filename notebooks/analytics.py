@@ -56,15 +56,27 @@ def _(OUT, mo, pl, transcripts):
 def _(analytics, mo, pl, plt, transcripts):
     usage = analytics.daily_usage(transcripts).collect()
     fig_usage, (ax_hours, ax_cost) = plt.subplots(1, 2, figsize=(11, 3.2))
-    for _model, _part in usage.group_by("model", maintain_order=True):
-        ax_hours.bar([str(d) for d in _part["day"]], _part["audio_hours"], label=_model[0], alpha=0.8)
-        ax_cost.plot([str(d) for d in _part["day"]], _part["cost"], marker="o", label=_model[0])
+    stacked(ax_hours, usage, "audio_hours")
+    stacked(ax_cost, usage, "cost")
     ax_hours.set_title("audio hours per day")
     ax_cost.set_title("cost per day (USD)")
-    ax_hours.legend(fontsize=8)
     fig_usage.tight_layout()
     mo.vstack([mo.md("## Usage per day and model"), fig_usage, usage.with_columns(pl.col("cost").round(4))])
     return (usage,)
+
+
+@app.function
+def stacked(ax, usage, column):
+    """Bars per day, one colour per model, stacked."""
+    days = usage.select(usage["day"].unique().sort())["day"]
+    wide = usage.pivot(on="model", index="day", values=column).fill_null(0)
+    wide = days.to_frame().join(wide, on="day", how="left").fill_null(0)
+    bottom = [0.0] * wide.height
+    for name in [c for c in wide.columns if c != "day"]:
+        ax.bar([str(d) for d in wide["day"]], wide[name], bottom=bottom, label=name)
+        bottom = [b + v for b, v in zip(bottom, wide[name])]
+    if wide.width > 1:
+        ax.legend(fontsize=7)
 
 
 @app.cell
@@ -159,18 +171,17 @@ def _(analytics, choices, mo, picked, transcripts, words, pl):
 @app.cell
 def _(FIGURES, Path, langs, plt, rate, talk, usage):
     overview, axes = plt.subplots(1, 4, figsize=(15, 3.1))
-    for _model, _part in usage.group_by("model", maintain_order=True):
-        axes[0].bar([str(d) for d in _part["day"]], _part["audio_hours"] * 60, label=_model[0], alpha=0.8)
-    axes[0].set_title("audio minutes per day")
-    axes[0].legend(fontsize=7)
+    stacked(axes[0], usage.with_columns(audio_minutes=usage["audio_hours"] * 60), "audio_minutes")
+    axes[0].set_title("audio minutes per day, by model")
     axes[1].barh(langs["language"].to_list()[::-1], langs["files"].to_list()[::-1])
     axes[1].set_title("files per language")
     axes[2].hist(rate["wpm"].drop_nulls().to_list(), bins=15)
     axes[2].set_title("words per minute")
     if talk.height:
-        first = talk.filter(talk["source"] == talk["source"][0])
+        busiest = talk.group_by("source", "model").len().sort("len", "source", descending=[True, False]).row(0)
+        first = talk.filter((talk["source"] == busiest[0]) & (talk["model"] == busiest[1]))
         axes[3].bar(first["speaker"].to_list(), first["talk_s"].to_list())
-        axes[3].set_title(f"talk time (s): {talk['source'][0].rsplit('/', 1)[-1]}", fontsize=9)
+        axes[3].set_title(f"talk time (s): {busiest[0].rsplit('/', 1)[-1]}", fontsize=9)
     overview.tight_layout()
     if FIGURES:
         Path(FIGURES).mkdir(parents=True, exist_ok=True)
