@@ -183,8 +183,8 @@ def load_references(source: str, manifest: str | None = None,
 
     From a manifest (CSV or JSON: `path,text[,language][,rttm]`; `file`/`reference` are
     accepted for `path`/`text`; paths relative to the manifest's folder), else one found in
-    SOURCE under a name of MANIFEST_NAMES; and from `<stem>.txt` / `<stem>.rttm` next to each
-    audio file. A manifest entry wins over a sibling file."""
+    SOURCE under a name of MANIFEST_NAMES (a given manifest replaces that one); and from
+    `<stem>.txt` / `<stem>.rttm` next to each audio file. A manifest entry wins over a sibling file."""
     fs, root = storage.filesystem_for(source, storage_options)
     present = set(fs.find(root)) if fs.isdir(root) else {root}
     audio = {strip_protocol(f.url): f.url for f in discover(source, DiscoveryFilter(), storage_options)}
@@ -196,14 +196,15 @@ def load_references(source: str, manifest: str | None = None,
         if text is not None or turns is not None:
             refs[url] = Reference(url, text, None, turns)
     if manifest is None:
-        manifest = next((f"{root.rstrip('/')}/{n}" for n in MANIFEST_NAMES if f"{root.rstrip('/')}/{n}" in present),
-                        None)
-        manifest = fs.unstrip_protocol(manifest) if manifest and storage.is_remote(source) else manifest
+        found = next((f"{root.rstrip('/')}/{n}" for n in MANIFEST_NAMES if f"{root.rstrip('/')}/{n}" in present), None)
+        if found is not None:
+            manifest = str(fs.unstrip_protocol(found)) if storage.is_remote(source) else found
     if manifest is not None:
         for ref in read_manifest(manifest, storage_options):
-            url = audio.get(strip_protocol(ref.audio))
-            if url is not None:
-                refs[url] = Reference(url, ref.text, ref.language, ref.turns or refs.get(url, Reference(url)).turns)
+            target = audio.get(strip_protocol(ref.audio))
+            if target is not None:
+                earlier = refs.get(target, Reference(target)).turns
+                refs[target] = Reference(target, ref.text, ref.language, ref.turns or earlier)
     return refs
 
 

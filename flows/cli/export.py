@@ -14,7 +14,7 @@ import argparse
 import os
 import posixpath
 from collections.abc import Iterator
-from typing import Any
+from typing import IO, Any
 
 FORMATS = ("srt", "vtt", "txt", "json")
 SOURCES_PER_READ = 200
@@ -99,7 +99,11 @@ def export_one(row: dict[str, Any], tokens: list[Any], turns_with_text: list[Any
         body = subtitles.to_srt(cues) if fmt == "srt" else subtitles.to_vtt(cues)
     fs, root = storage.filesystem_for(to, storage_options)
     data = body.encode("utf-8")
-    storage.write_atomic(fs, f"{root.rstrip('/')}/{name}.{fmt}", lambda f: f.write(data))
+
+    def write(f: IO[bytes]) -> None:
+        f.write(data)
+
+    storage.write_atomic(fs, f"{root.rstrip('/')}/{name}.{fmt}", write)
     return fmt
 
 
