@@ -11,8 +11,10 @@ from pydantic import SecretStr
 
 from config.settings import Settings
 from flows.errors import RunAborted
+from flows.file_server import serve_files
 from stt import errors
 from tasks.endpoint import Endpoint
+from tasks.storage import is_remote, s3_endpoint
 from tasks.retry import RetryPolicy
 
 
@@ -34,9 +36,13 @@ def api_key(settings: Settings) -> SecretStr | None:
 
 
 @contextlib.contextmanager
-def api_endpoint(settings: Settings) -> Iterator[Endpoint]:
+def api_endpoint(settings: Settings, source: str | None = None) -> Iterator[Endpoint]:
     """The hosted (or any) API when a URL is configured, else the embedded server
-    on a free loopback port with a fresh random key, stopped at the end."""
+    on a free loopback port with a fresh random key, stopped at the end.
+
+    The embedded server may fetch exactly what the run hands it by URL: the S3 endpoint
+    the run presigns on, and a local SOURCE served on loopback (large files then go as an
+    `audioUrl` instead of being re-encoded or cut into chunks)."""
     if settings.api_url:
         key = api_key(settings)
         if key is None:
@@ -44,10 +50,16 @@ def api_endpoint(settings: Settings) -> Iterator[Endpoint]:
                              "or name a Prefect Secret block with api_key_secret_block")
         yield Endpoint(settings.api_url, key, settings.request_timeout_s, idempotent=settings.api_idempotency_keys)
         return
-    from stt.server.launcher import EmbeddedServer
+    from stt.server.launcher import EmbeddedServer, allow_entry
 
-    with EmbeddedServer(env=settings.embedded_server_env) as server:
-        yield Endpoint(server.api_url, SecretStr(server.api_key), settings.request_timeout_s, idempotent=True)
+    with contextlib.ExitStack() as stack:
+        allowed = [allow_entry(url) for url in (s3_endpoint(settings.storage_options),) if url]
+        served = stack.enter_context(serve_files(source)) if source and not is_remote(source) else None
+        if served is not None:
+            allowed.append(allow_entry(served.url))
+        server = stack.enter_context(EmbeddedServer(env=settings.embedded_server_env, url_allowlist=allowed))
+        yield Endpoint(server.api_url, SecretStr(server.api_key), settings.request_timeout_s, idempotent=True,
+                       files_root=served.root if served else None, files_url=served.url if served else None)
 
 
 @dataclass(frozen=True)

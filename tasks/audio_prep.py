@@ -64,9 +64,12 @@ class AudioInfo:
 @dataclass(frozen=True)
 class Chunk:
     index: int
-    start_s: float  # offset of this chunk in the original audio
+    start_s: float  # offset of this chunk's audio in the original audio
     end_s: float
     data: bytes  # encoded audio of this chunk (Ogg/Opus mono), < max_bytes
+    #: Where the part of the file this chunk stands for begins (after the overlap it shares
+    #: with the previous chunk); the same as start_s without overlap.
+    own_start_s: float = 0.0
 
 
 def _open(source) -> av.container.InputContainer:
@@ -271,11 +274,15 @@ def _cut_point(pcm: np.ndarray, limit: int, min_silence_frames: int) -> int:
 
 
 def split_at_silences(source, *, max_chunk_s: float = 600.0, max_bytes: int = 3 * 1024 * 1024,
-                      min_silence_s: float = 0.3, bitrate: int = 24000) -> Iterator[Chunk]:
-    """Chunks of mono Ogg/Opus (16 kHz input, constrained VBR), each < max_bytes, that
-    cover the audio exactly: chunk[i].end_s == chunk[i+1].start_s, the first starts at
-    0, the last ends at the decoded duration. Offsets count decoded samples at 16 kHz
-    (packet timestamps are not used, so a skipped corrupt packet shifts what follows).
+                      min_silence_s: float = 0.3, bitrate: int = 24000, overlap_s: float = 0.0) -> Iterator[Chunk]:
+    """Chunks of mono Ogg/Opus (16 kHz input, constrained VBR), each < max_bytes, whose own
+    parts cover the audio exactly: chunk[i].end_s == chunk[i+1].own_start_s, the first
+    starts at 0, the last ends at the decoded duration. Offsets count decoded samples at
+    16 kHz (packet timestamps are not used, so a skipped corrupt packet shifts what follows).
+
+    With `overlap_s`, each chunk after the first also carries the last `overlap_s` of the
+    previous one (at most a quarter of a chunk), so that what both transcribe there can
+    tie their speakers together (`tasks.stitching`).
 
     Each chunk ends at the quietest silence in the last 20% of max_chunk_s (see
     `_cut_point`), hard at max_chunk_s only when that stretch has no silence at all.
@@ -291,12 +298,13 @@ def split_at_silences(source, *, max_chunk_s: float = 600.0, max_bytes: int = 3 
         raise ValueError(f"max_bytes={max_bytes} holds less than a second of Opus at {bitrate} bit/s")
     limit = int(min(max_chunk_s, fitting_s) * PCM_RATE)
     min_run = max(1, math.ceil(min_silence_s / FRAME_S - 1e-9))
+    overlap = min(int(overlap_s * PCM_RATE), limit // 4)
 
     blocks = _pcm_blocks(source, PCM_RATE)
     # The one chunk of PCM held, filled in place. Splitting a 1 h WAV into 600 s chunks
     # raised peak RSS by 46 MB this way, by 130 MB with a list of blocks + np.concatenate.
     pcm = np.empty(limit + PCM_RATE, np.float32)
-    held = start = index = 0
+    held = start = index = lead = 0  # lead: samples at the head shared with the previous chunk
     eof = False
     while True:
         if not eof and held <= limit:
@@ -311,9 +319,9 @@ def split_at_silences(source, *, max_chunk_s: float = 600.0, max_bytes: int = 3 
                 pcm[held : held + len(block)] = block
                 held += len(block)
             continue
-        if held == 0:
+        if held <= lead:
             return
-        cut = held if held <= limit else _cut_point(pcm[:held], limit, min_run)
+        cut = held if held <= limit else max(_cut_point(pcm[:held], limit, min_run), min(held, lead + limit // 2))
         data = _encode_opus((pcm[:cut],), PCM_RATE, bitrate)
         if len(data) >= max_bytes:
             smaller = int(cut * 0.9 * max_bytes / len(data))
@@ -322,9 +330,13 @@ def split_at_silences(source, *, max_chunk_s: float = 600.0, max_bytes: int = 3 
             log.warning("chunk of %.1f s encoded to %d bytes >= %d; chunks now <= %.1f s",
                         cut / PCM_RATE, len(data), max_bytes, smaller / PCM_RATE)
             limit = smaller
+            overlap = min(overlap, limit // 4)
             continue
-        yield Chunk(index=index, start_s=start / PCM_RATE, end_s=(start + cut) / PCM_RATE, data=data)
+        yield Chunk(index=index, start_s=start / PCM_RATE, end_s=(start + cut) / PCM_RATE, data=data,
+                    own_start_s=(start + lead) / PCM_RATE)
         index += 1
-        start += cut
-        pcm[: held - cut] = pcm[cut:held]
-        held -= cut
+        lead = min(overlap, cut)
+        shift = cut - lead
+        start += shift
+        pcm[: held - shift] = pcm[shift:held]
+        held -= shift

@@ -15,16 +15,22 @@ from tasks.retry import RetryPolicy
 from tasks.upload import UploadPolicy
 
 
+#: What two chunks of a diarized file share, to tie their speakers together.
+CHUNK_OVERLAP_S = 30.0
+
+
 def job_options(settings: Settings) -> JobOptions:
     return JobOptions(model=settings.model, language=settings.language, diarize=settings.diarize,
                       tag_audio_events=settings.tag_audio_events)
 
 
-def upload_policy(settings: Settings) -> UploadPolicy:
+def upload_policy(settings: Settings, endpoint: Endpoint | None = None) -> UploadPolicy:
     return UploadPolicy(
         max_direct_upload_bytes=settings.max_direct_upload_bytes, max_url_bytes=settings.max_url_bytes,
         staging_url=settings.staging_url, presign_expires_s=settings.presign_expires_s,
         chunk_seconds=settings.chunk_seconds, storage_options=settings.storage_options,
+        chunk_overlap_s=CHUNK_OVERLAP_S if settings.diarize else 0.0,
+        served_root=endpoint.files_root if endpoint else None, served_url=endpoint.files_url if endpoint else None,
     )
 
 
@@ -55,7 +61,7 @@ class BatchConfig:
         """The batch configuration of a run; `run_state`: owner, done_contents, budget, rate_limiter."""
         return cls(
             out=out, run_id=run_id, options=job_options(settings), endpoint=endpoint,
-            upload=upload_policy(settings),
+            upload=upload_policy(settings, endpoint),
             retry=RetryPolicy(settings.max_attempts, settings.backoff_base_s, settings.backoff_max_s),
             concurrency=settings.concurrency, resend_unknown=settings.resend_unknown,
             prices_usd_per_min=dict(settings.prices_usd_per_min), **run_state,

@@ -18,6 +18,10 @@ class Endpoint:
     #: The API answers a repeated Idempotency-Key with the first answer, without charging
     #: again (the embedded server does; the hosted API documents no such key).
     idempotent: bool = False
+    #: Local files under `files_root` that the API can fetch from `files_url` + their quoted
+    #: path under it (the embedded server, from a loopback file server of the run).
+    files_root: str | None = None
+    files_url: str | None = None
 
     def client(self, max_connections: int = 100, rate_limiter: RateLimiter | None = None) -> STTClient:
         timeout = httpx.Timeout(connect=15.0, read=self.timeout_s, write=300.0, pool=None)

@@ -222,7 +222,8 @@ class FileSend:
                 raise Ended(self.fail(exc)) from None
         if not getattr(answer, "replayed", False) and answer.metadata is not None:
             self.fresh_cost += answer.metadata.cost or 0.0
-        self.entry["answers"][str(unit.index)] = answer_to_json(Span(unit.index, unit.start_s, unit.end_s), answer)
+        span = Span(unit.index, unit.start_s, unit.end_s, unit.own_start_s)
+        self.entry["answers"][str(unit.index)] = answer_to_json(span, answer)
         self.entry.update(state="answered", complete=plan.single)
         await asyncio.to_thread(self.ledger.write, self.key, self.entry)
 

@@ -9,9 +9,11 @@ chunks cut at silences. Over 500 MB anywhere: chunks.
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from stt import errors
 from tasks import audio_prep, storage
@@ -28,7 +30,22 @@ class UploadPolicy:
     staging_url: str | None = None
     presign_expires_s: int = 900
     chunk_seconds: float = 600.0
+    #: Seconds each chunk shares with the previous one: what both transcribe there ties
+    #: their speakers together (diarized files only; 0 otherwise).
+    chunk_overlap_s: float = 0.0
     storage_options: dict[str, Any] = field(default_factory=dict)
+    #: Local files under `served_root` that the API fetches from `served_url` (see Endpoint).
+    served_root: str | None = None
+    served_url: str | None = None
+
+    def served(self, path: str) -> str | None:
+        """The URL the API can fetch a local file from, if any."""
+        if not self.served_root or not self.served_url or storage.is_remote(path):
+            return None
+        rel = os.path.relpath(os.path.abspath(path), self.served_root)
+        if rel.startswith("..") or os.path.isabs(rel):
+            return None
+        return self.served_url + quote(rel.replace(os.sep, "/"))
 
 
 @dataclass
@@ -43,6 +60,8 @@ class Unit:
     data: bytes | None = None
     url: str | None = None
     name: str | None = None
+    #: Where the part of the file this unit stands for begins (chunks that overlap).
+    own_start_s: float = 0.0
 
 
 def _nothing() -> None:
@@ -79,7 +98,7 @@ def plan_upload(f: AudioFile, policy: UploadPolicy, *, price_per_min: float | No
     duration = _probe_large(f, policy)
     content = None if dry_run else _large_content(f, policy)
     fits_url = f.size <= policy.max_url_bytes
-    url = _presigned(f.url, policy) if fits_url and storage.is_remote(f.url) else None
+    url = (_presigned(f.url, policy) if storage.is_remote(f.url) else policy.served(f.url)) if fits_url else None
     if url:
         return UploadPlan("url", lambda: iter([Unit(0, 0.0, None, url=url)]), duration_s=duration,
                           estimated_cost=cost(duration), content=content)
@@ -150,9 +169,10 @@ def _reencoded(f: AudioFile, policy: UploadPolicy) -> Iterator[Unit]:
 def _chunks(f: AudioFile, policy: UploadPolicy) -> Iterator[Unit]:
     fs, path = storage.filesystem_for(f.url, policy.storage_options)
     with fs.open(path, "rb") as fh:
-        for c in audio_prep.split_at_silences(fh, max_chunk_s=policy.chunk_seconds,
+        for c in audio_prep.split_at_silences(fh, max_chunk_s=policy.chunk_seconds, overlap_s=policy.chunk_overlap_s,
                                               max_bytes=policy.max_direct_upload_bytes):
-            yield Unit(c.index, c.start_s, c.end_s, data=c.data, name=f"{_stem(f.name)}.part{c.index}.ogg")
+            yield Unit(c.index, c.start_s, c.end_s, data=c.data, name=f"{_stem(f.name)}.part{c.index}.ogg",
+                       own_start_s=c.own_start_s)
 
 
 def _ext(name: str) -> str:
