@@ -1,4 +1,4 @@
-"""bulkscribe analytics: what is in an OUT (a marimo notebook; see notebooks/README.md).
+"""bulkscribe analytics: what is in an OUT (a marimo notebook; README, "Analyse the tables").
 
     BULKSCRIBE_OUT=./out marimo edit notebooks/analytics.py     # interactive
     BULKSCRIBE_OUT=s3://bucket/stt python notebooks/analytics.py # headless, top to bottom
