@@ -31,6 +31,7 @@ from prefect.states import Crashed
 
 from flows.artifacts import SUMMARY_DESCRIPTION, SUMMARY_FIELDS, publish_summary, read_summary, redact
 from flows.errors import RunAborted
+from flows.preflight import check_storage
 from flows.shards import ShardBy, ShardPlanError, plan_shards, shard_key
 from flows.transcribe_archive import load_settings
 from tasks.claims import STALE_AFTER_S, Claims, Owner
@@ -76,6 +77,7 @@ def backfill(source: str, out: str, shards: int = 4, modified_since: datetime | 
         plans = plan_shards(source, out, shards, shard_by, modified_since, modified_before, prefixes, common)
     except ShardPlanError as exc:
         raise RunAborted(str(exc)) from None
+    check_storage(source, out, run_settings)
     work = [Shard(i, p, shard_key(deployment, p)) for i, p in enumerate(plans)]
     claims = Claims(out, Owner.this_process("backfill"), run_settings.storage_options)
     for shard in work:

@@ -109,12 +109,24 @@ def check_api(settings: Settings) -> str | None:
     return None
 
 
-def preflight(source: str, out: str, settings: Settings) -> list[str]:
-    """Every problem found, one line each; empty when the run may start."""
+def storage_problems(source: str, out: str, settings: Settings) -> list[str]:
     problems = [p for p in (check_source(source, settings.storage_options),
                             check_out(out, settings.storage_options)) if p]
     if settings.staging_url and storage.is_s3(settings.staging_url):
         problems += [p for p in (_s3_credentials(settings.staging_url, settings.storage_options),) if p]
+    return problems
+
+
+def check_storage(source: str, out: str, settings: Settings) -> None:
+    """In a flow run (a deployment, a worker): the same checks, ending the run with their lines."""
+    problems = storage_problems(source, out, settings)
+    if problems:
+        raise RunAborted("; ".join(problems))
+
+
+def preflight(source: str, out: str, settings: Settings) -> list[str]:
+    """Every problem found, one line each; empty when the run may start."""
+    problems = storage_problems(source, out, settings)
     if not problems:  # the API check costs a round trip: only once the storage is right
         problems += [p for p in (check_api(settings),) if p]
     return problems

@@ -37,7 +37,7 @@ from flows.artifacts import ProgressArtifact, publish_failures, publish_summary,
 from flows.dry_run import dry_run as plan_dry_run
 from flows.endpoint import api_endpoint, check_access
 from flows.errors import NothingTranscribed, RunAborted
-from flows.preflight import settings_problems
+from flows.preflight import check_storage, settings_problems
 from flows.progress import Progress
 from flows.runners import BudgetShares, distributed, task_runner_for
 from flows.summary import RunSummary
@@ -67,6 +67,7 @@ def transcribe_archive(source: str, out: str, model: str | None = None, language
     filters = DiscoveryFilter(include=tuple(include or ()), exclude=tuple(exclude or ()),
                               modified_since=modified_since, modified_before=modified_before, max_files=max_files)
     keep = shard_filter(shard_index, shard_count)
+    check_storage(source, out, run_settings)
     summary = _transcribe(source, out, run_settings, filters, keep, dry_run)
     if summary.nothing_transcribed():
         raise NothingTranscribed(summary)

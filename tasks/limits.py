@@ -63,6 +63,11 @@ class SharedRateLimiter(LocalRateLimiter):
     def __setstate__(self, state: dict[str, Any]) -> None:
         SharedRateLimiter.__init__(self, state["name"], state["per_second"])
 
+    @property
+    def shared(self) -> bool:
+        """False once the run fell back to limiting itself."""
+        return not self._fallback
+
     async def acquire(self) -> None:
         if not self._fallback:
             from prefect.concurrency.asyncio import rate_limit
