@@ -8,6 +8,7 @@ the one a 3 MB threshold takes with longer files.
 
 from __future__ import annotations
 
+import os
 import shutil
 import wave
 from pathlib import Path
@@ -150,10 +151,29 @@ def test_s3_object_over_the_url_cap_is_reencoded_or_chunked(server, s3_env, big_
     assert "ask not what your country" in text, text
 
 
+def copy_distinct(path: Path, dst: Path) -> Path:
+    """Its own content (trailing bytes decoders ignore): the same content would be reused, not sent."""
+    dst.write_bytes(path.read_bytes() + os.urandom(16))
+    return dst
+
+
+def test_with_the_embedded_server_large_local_files_go_by_loopback_url(prefect_api, big_wav, tmp_path):
+    """No chunking or re-encoding needed: the run serves SOURCE on loopback to its embedded server."""
+    src = tmp_path / "src"
+    src.mkdir()
+    copy_distinct(big_wav, src / "big.wav")
+    settings = Settings(model="Wizper", language="en", max_direct_upload_bytes=LIMIT,
+                        embedded_server_env={"BULKSCRIBE_SERVER_ENGINE": "fake"})
+    s = run_with_settings(str(src), str(tmp_path / "out"), settings)
+    assert s.transcribed == 1, s.failures
+    row = pl.read_parquet(f"{tmp_path}/out/transcripts/*.parquet").row(0, named=True)
+    assert row["upload_mode"] == "url" and row["duration_s"] == pytest.approx(BIG_S, abs=3)
+
+
 def test_local_large_files_reencode_chunks_and_staging(prefect_api, server, s3_env, big_wav, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    shutil.copy(big_wav, src / "a-reencode.wav")
+    copy_distinct(big_wav, src / "a-reencode.wav")
     out = tmp_path / "out"
     # 1. No staging: re-encoded to Opus (45 s -> ~140 KB), under the direct limit.
     s = run_with_settings(str(src), str(out), settings_for(server))
@@ -163,7 +183,7 @@ def test_local_large_files_reencode_chunks_and_staging(prefect_api, server, s3_e
     assert "ask not what your country" in words_of(t["text"][0])
 
     # 2. A direct limit that even the Opus file exceeds: chunks cut at the pauses, stitched back.
-    shutil.copy(big_wav, src / "b-chunks.wav")
+    copy_distinct(big_wav, src / "b-chunks.wav")
     (src / "a-reencode.wav").unlink()
     s = run_with_settings(str(src), str(out), settings_for(
         server, max_direct_upload_bytes=60_000, chunk_seconds=15.0))
@@ -175,7 +195,7 @@ def test_local_large_files_reencode_chunks_and_staging(prefect_api, server, s3_e
     # 3. With a staging bucket: copied there, sent as a presigned URL, removed afterwards.
     boto3.client("s3").create_bucket(Bucket="staging")
     (src / "b-chunks.wav").unlink()
-    shutil.copy(big_wav, src / "c-staged.wav")
+    copy_distinct(big_wav, src / "c-staged.wav")
     s = run_with_settings(str(src), str(out), settings_for(server, staging_url="s3://staging/tmp"))
     assert s.transcribed == 1, s.failures
     modes = pl.read_parquet(f"{out}/transcripts/*.parquet")["upload_mode"].to_list()
