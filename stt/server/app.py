@@ -62,7 +62,8 @@ def create_app(settings: ServerSettings | None = None, *, store: Store | None = 
     if plan is not None:
         log.warning("fault injection on: %s", settings.faults)
         app.add_middleware(FaultInjector, plan=plan)
-    app.add_middleware(AdvertiseIdempotency)  # outermost: injected errors advertise it too
+    if settings.idempotency:
+        app.add_middleware(AdvertiseIdempotency)  # outermost: injected errors advertise it too
     return app
 
 

@@ -96,6 +96,8 @@ async def transcribe_status(key_hash: Caller, state: State, request: Request) ->
 
 
 def _idempotency_key(request: Request) -> str | None:
+    if not request.app.state.server.settings.idempotency:
+        return None
     idem = request.headers.get("idempotency-key") or None
     if idem is not None and len(idem) > MAX_IDEMPOTENCY_KEY:
         raise APIError(400, f"Idempotency-Key is too long (max {MAX_IDEMPOTENCY_KEY} characters)")

@@ -78,6 +78,9 @@ class ServerSettings(BaseSettings):
     temp_disk_budget_bytes: int = 2 * MAX_URL_BYTES
     #: Injected faults for resilience tests, e.g. "all=0.3,seed=7" (see stt/server/faults.py).
     faults: str = ""
+    #: Honour Idempotency-Key (and say so in every answer). Off: keys are ignored, as by an
+    #: API that documents none (the hosted API), e.g. to test a client against one.
+    idempotency: bool = True
 
     #: How long finished asynchronous jobs stay pollable.
     job_retention_hours: float = 72.0
