@@ -149,7 +149,7 @@ def words_table(files: list[FileWords]) -> pa.Table:
     stores parts, so it need not sort them).
 
     A million words are one pass in Python: pyarrow reads each Word's fields from its
-    `__dict__` (where a pydantic model keeps them) in C, five times faster than a list
+    `__dict__` (where a pydantic model keeps them) in C, over twice as fast as a list
     per attribute; the per-file columns are one value per file, repeated by index
     (bench/parquet_write.py).
     """
