@@ -11,7 +11,8 @@ Re-running the same backfill (same parameters) finds each shard's run by its key
 finished shard is counted, not run again; a failed, crashed or cancelled one gets a new
 attempt (key suffix `:1`, `:2`...). A shard whose run still says Running but whose
 process is gone (its lease in OUT/_ledger/_runs is stale, or its pid is gone on this
-machine: a killed worker) is marked Crashed and retried the same way. Files are never
+machine: a killed worker), or that a worker took (Pending) and never started within
+`pending_grace_s`, is marked Crashed and retried the same way. Files are never
 paid twice across attempts: the claims in OUT (tasks.claims) make a second run leave a
 file alone while a live run holds it, and take it over once that run is dead.
 """
@@ -40,6 +41,8 @@ from tasks.claims import STALE_AFTER_S, Claims, Owner
 SHARD_DEPLOYMENT = "transcribe_archive/shard"
 #: A shard run that says Running with no lease yet is given this long to start (server start-up...).
 START_GRACE_S = 300.0
+#: A shard run a worker took (Pending) but never started: that worker died while starting it.
+PENDING_GRACE_S = 90.0
 _MAX_ATTEMPTS = 20
 
 
@@ -67,7 +70,8 @@ def backfill(source: str, out: str, shards: int = 4, modified_since: datetime | 
              shard_by: ShardBy = "hash", model: str | None = None, language: str | None = None,
              include: list[str] | None = None, exclude: list[str] | None = None,
              settings: dict[str, Any] | None = None, config: str | None = None,
-             deployment: str = SHARD_DEPLOYMENT, poll_s: float = 5.0) -> dict[str, float]:
+             deployment: str = SHARD_DEPLOYMENT, poll_s: float = 5.0,
+             pending_grace_s: float = PENDING_GRACE_S) -> dict[str, float]:
     """Transcribe SOURCE's window in `shards` child runs on the work pool; the total of all shards.
     Ends Failed when a shard did not complete: re-run the same backfill to retry those alone."""
     run_settings = load_settings(config, settings, model=model, language=language)
@@ -79,14 +83,14 @@ def backfill(source: str, out: str, shards: int = 4, modified_since: datetime | 
         raise RunAborted(str(exc)) from None
     check_storage(source, out, run_settings)
     work = [Shard(i, p, shard_key(deployment, p)) for i, p in enumerate(plans)]
-    claims = Claims(out, Owner.this_process("backfill"), run_settings.storage_options)
+    liveness = Liveness(Claims(out, Owner.this_process("backfill"), run_settings.storage_options), pending_grace_s)
     for shard in work:
-        _start(shard, deployment, claims)
-    _wait(work, deployment, claims, poll_s)
+        _start(shard, deployment, liveness)
+    _wait(work, deployment, liveness, poll_s)
     return _report(work, f"{source} -> {out}")
 
 
-def _start(shard: Shard, deployment: str, claims: Claims) -> None:
+def _start(shard: Shard, deployment: str, liveness: Liveness) -> None:
     """The shard's current attempt: an earlier one that finished or still lives, else a new one."""
     logger = get_run_logger()
     while shard.attempt < _MAX_ATTEMPTS:
@@ -95,7 +99,7 @@ def _start(shard: Shard, deployment: str, claims: Claims) -> None:
         assert isinstance(run, FlowRun)
         shard.run = run
         state = run.state
-        if state is not None and state.is_running() and not _alive(run, claims):
+        if liveness.dead(run):
             _mark_crashed(run.id)
         elif state is None or state.is_completed() or not state.is_final():
             logger.info("shard %d: run %s (attempt %d, %s)", shard.index, run.name, shard.attempt,
@@ -105,7 +109,7 @@ def _start(shard: Shard, deployment: str, claims: Claims) -> None:
     raise RunAborted(f"shard {shard.index} failed {_MAX_ATTEMPTS} times; see its flow runs")
 
 
-def _wait(work: list[Shard], deployment: str, claims: Claims, poll_s: float) -> None:
+def _wait(work: list[Shard], deployment: str, liveness: Liveness, poll_s: float) -> None:
     """Until every shard's run is final; a run whose process died is crashed and retried once more."""
     from prefect.client.orchestration import get_client
 
@@ -116,23 +120,38 @@ def _wait(work: list[Shard], deployment: str, claims: Claims, poll_s: float) -> 
                 if shard.final or shard.run is None:
                     continue
                 shard.run = client.read_flow_run(shard.run.id)
-                state = shard.run.state
-                if state is not None and state.is_running() and not _alive(shard.run, claims):
+                if liveness.dead(shard.run):
                     get_run_logger().warning("shard %d: run %s lost its process; retrying it", shard.index,
                                              shard.run.name)
                     _mark_crashed(shard.run.id)
                     shard.attempt += 1
-                    _start(shard, deployment, claims)
+                    _start(shard, deployment, liveness)
 
 
-def _alive(run: FlowRun, claims: Claims) -> bool:
-    """A Running shard's process still runs: its lease in OUT is fresh and its pid is there."""
-    lease = claims.lease(str(run.id))
-    if lease is None:
-        started = run.start_time or run.expected_start_time
-        return started is None or time.time() - started.timestamp() < START_GRACE_S
-    owner = Owner(str(run.id), str(lease.get("host", "")), int(lease.get("pid", 0)), str(lease.get("pid_start", "")))
-    return not owner.gone() and time.time() - float(lease.get("alive", 0)) < STALE_AFTER_S
+@dataclass
+class Liveness:
+    """Whether a shard run that says Pending or Running still has a process behind it."""
+
+    claims: Claims
+    pending_grace_s: float = PENDING_GRACE_S
+
+    def dead(self, run: FlowRun) -> bool:
+        state = run.state
+        if state is None:
+            return False
+        if state.is_pending():  # a worker took it; it should be Running within seconds
+            return time.time() - state.timestamp.timestamp() > self.pending_grace_s
+        return state.is_running() and not self._running(run)
+
+    def _running(self, run: FlowRun) -> bool:
+        """Its lease in OUT is fresh and its pid is there (where this machine can tell)."""
+        lease = self.claims.lease(str(run.id))
+        if lease is None:
+            started = run.start_time or run.expected_start_time
+            return started is None or time.time() - started.timestamp() < START_GRACE_S
+        owner = Owner(str(run.id), str(lease.get("host", "")), int(lease.get("pid", 0)),
+                      str(lease.get("pid_start", "")))
+        return not owner.gone() and time.time() - float(lease.get("alive", 0)) < STALE_AFTER_S
 
 
 def _mark_crashed(run_id: UUID) -> None:
