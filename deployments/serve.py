@@ -36,13 +36,14 @@ NIGHTLY_CRON = "0 2 * * *"
 
 def deployments(source: str, out: str, shards: int = 4) -> list[RunnerDeployment]:
     archive = {"source": source, "out": out}
-    return [
+    made = [
         transcribe_archive.to_deployment(name="nightly", cron=NIGHTLY_CRON, parameters=archive,
                                          description="New recordings, every night (only what is not yet in the tables)"),
         backfill.to_deployment(name="backfill", parameters={**archive, "shards": shards},
                                description="Archived audio over a date window / prefixes, in shards"),
         transcribe_archive.to_deployment(name="shard", parameters=archive, description="One shard of a backfill"),
     ]
+    return [d for d in made if isinstance(d, RunnerDeployment)]  # called outside an event loop: never a coroutine
 
 
 if __name__ == "__main__":

@@ -372,3 +372,19 @@ def test_flow_parameters_with_secrets_are_refused_not_crashed(prefect_api, tmp_p
     with pytest.raises(RunAborted, match="invalid concurrency"):
         transcribe_archive(str(src), str(tmp_path / "out"), settings={"concurrency": 0})
     shutil.rmtree(tmp_path / "out", ignore_errors=True)
+
+
+def test_serve_entry_point_builds_the_three_deployments_without_secrets(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setenv("NANOGPT_API_KEY", "must-not-appear")
+    spec = importlib.util.spec_from_file_location("serve_deployments", REPO / "deployments" / "serve.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    nightly, backfill, shard = module.deployments("s3://archive/calls", "s3://analytics/stt")
+    assert (nightly.name, backfill.name, shard.name) == ("nightly", "backfill", "shard")
+    assert nightly.schedules and not backfill.schedules and not shard.schedules
+    assert backfill.parameters == {"source": "s3://archive/calls", "out": "s3://analytics/stt", "shards": 4}
+    assert "must-not-appear" not in str([d.parameters for d in (nightly, backfill, shard)])
+    assert "pause_on_shutdown=False" in (REPO / "deployments" / "serve.py").read_text()
