@@ -28,3 +28,13 @@ CREATE OR REPLACE VIEW words AS
     SELECT w.* FROM words_all w SEMI JOIN transcripts t USING (source, model, fingerprint);
 CREATE OR REPLACE VIEW segments AS
     SELECT s.* FROM segments_all s SEMI JOIN transcripts t USING (source, model, fingerprint);
+
+-- The current state of failures: the latest failed attempt per (source, model), unless the
+-- file was transcribed after it (`failures` is a log of every failed attempt).
+CREATE OR REPLACE VIEW open_failures AS
+    SELECT f.* FROM (
+        SELECT * FROM failures
+        QUALIFY row_number() OVER (PARTITION BY source, model ORDER BY failed_at DESC NULLS LAST) = 1
+    ) f
+    LEFT JOIN transcripts t USING (source, model)
+    WHERE t.transcribed_at IS NULL OR t.transcribed_at < f.failed_at;

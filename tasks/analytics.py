@@ -62,6 +62,16 @@ class Out:
                 .sort("transcribed_at", nulls_last=False)
                 .unique(subset=FILE_KEY, keep="last"))
 
+    def open_failures(self) -> pl.LazyFrame:
+        """The current state of failures: the latest failure per (source, model), unless a
+        transcript of that file came after it (the failures table is a log of every failed
+        attempt; a file that failed once and was transcribed later is not failing)."""
+        last_failure = self.scan("failures").sort("failed_at", nulls_last=False).unique(subset=FILE_KEY, keep="last")
+        later = self.transcripts().select(*FILE_KEY, "transcribed_at")
+        return (last_failure.join(later, on=FILE_KEY, how="left")
+                .filter(pl.col("transcribed_at").is_null() | (pl.col("transcribed_at") < pl.col("failed_at")))
+                .drop("transcribed_at"))
+
     def current(self, table: str) -> pl.LazyFrame:
         """Words or segments of the latest transcript per (source, model)."""
         latest = self.transcripts().select(*FILE_KEY, "fingerprint")

@@ -137,3 +137,32 @@ def test_duckdb_views_expose_the_tables(out):
     expected = (analytics.daily_usage(o.transcripts()).group_by("model").agg(pl.col("audio_hours").sum())
                 .sort("model").collect())
     assert [(m, pytest.approx(h)) for m, h in expected.rows()] == hours
+
+
+def test_open_failures_leave_out_failures_a_later_transcript_superseded(tmp_path):
+    import duckdb
+
+    from tasks.rows import FailureRow
+
+    def failure(source: str, day: int) -> FailureRow:
+        return FailureRow(source=source, fingerprint="fp", request_key=None, model="Wizper", error_kind="transient",
+                          error_type="ServerError", status_code=503, message="busy", attempts=5, run_id="r",
+                          failed_at=datetime(2026, 3, day, tzinfo=UTC))
+
+    def transcript(source: str, day: int) -> TranscriptRow:
+        return TranscriptRow(source=source, fingerprint="fp", request_key=source, model="Wizper", language="en",
+                             options="{}", text="t", duration_s=1.0, cost=0.0, currency="USD", upload_mode="direct",
+                             file_size=1, speaker_count=None, run_id="r", transcribed_at=datetime(2026, 3, day, tzinfo=UTC))
+
+    # a: failed, then transcribed (not failing); b: transcribed, then failed again (failing); c: failed twice
+    tables.write_part(str(tmp_path), "failures", FailureRow.table(
+        [failure("/a.wav", 1), failure("/b.wav", 3), failure("/c.wav", 1), failure("/c.wav", 2)]), part_name="p1")
+    tables.write_part(str(tmp_path), "transcripts", TranscriptRow.table(
+        [transcript("/a.wav", 2), transcript("/b.wav", 2)]), part_name="p1")
+    current = analytics.Out(str(tmp_path)).open_failures().sort("source").collect()
+    assert [(r["source"], r["failed_at"].day) for r in current.iter_rows(named=True)] == [("/b.wav", 3), ("/c.wav", 2)]
+    con = duckdb.connect()
+    con.execute("SET VARIABLE out = ?", [str(tmp_path)])
+    con.execute("\n".join(line for line in (REPO / "notebooks" / "views.sql").read_text().splitlines()
+                          if "words" not in line and "segments" not in line))  # this OUT has neither
+    assert con.execute("SELECT source FROM open_failures ORDER BY source").fetchall() == [("/b.wav",), ("/c.wav",)]
