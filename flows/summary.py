@@ -37,17 +37,23 @@ class RunSummary:
                 "not_sent": self.not_sent, "deferred": self.deferred,
                 "audio_minutes": round(self.audio_minutes, 3), "cost": round(self.cost, 6)}
 
+    @property
+    def unsent(self) -> int:
+        """Files this run left unsent for its own reasons (files deferred to another live
+        run that holds them are that run's work, not a shortfall of this one)."""
+        return self.not_sent - self.deferred
+
     def nothing_transcribed(self) -> bool:
         """Files were there to transcribe and none was: the flow run ends Failed."""
-        return not self.dry_run and self.transcribed == 0 and (self.failed + self.not_sent) > 0
+        return not self.dry_run and self.transcribed == 0 and (self.failed + self.unsent) > 0
 
     def exit_code(self) -> int:
         """0 all done, 1 some files failed (or were left unsent), 2 nothing could be sent."""
         if self.dry_run:
             return EXIT_DONE if not self.failed else EXIT_SOME_FAILED
-        if self.transcribed == 0 and self.failed == 0 and self.not_sent > 0:
+        if self.transcribed == 0 and self.failed == 0 and self.unsent > 0:
             return EXIT_NOTHING_DONE
-        return EXIT_SOME_FAILED if (self.failed or self.not_sent) else EXIT_DONE
+        return EXIT_SOME_FAILED if (self.failed or self.unsent) else EXIT_DONE
 
     def add(self, r: BatchResult) -> None:
         self.transcribed += r.transcribed
