@@ -9,13 +9,17 @@ and exits non-zero, so `make bench` (bench/run_all.py) reports it and goes on.
 from __future__ import annotations
 
 import importlib.util
+import io
 import multiprocessing
 import sys
 import time
+import wave
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEV_EXTRA_HINT = "install the dev extra: make bench (or .venv/bin/python -m pip install -e '.[server,diarization,dev]')"
@@ -102,3 +106,34 @@ class Child:
         if self.proc.is_alive():
             self.proc.kill()
             self.proc.join(5)
+
+
+# -- distinct audio files --------------------------------------------------------------------
+
+#: How many distinct copies `distinct_copy` can make of one clip.
+DISTINCT_COPIES = 1 << 24
+
+
+def distinct_copy(pcm: np.ndarray, index: int) -> np.ndarray:
+    """A copy of 16-bit `pcm` whose bytes differ from every other index's copy: the index's
+    24 bits, a nibble each, nudge six samples spread over the clip (by -8..+7, inaudible),
+    so that content hashes (request keys) differ while the audio stays the same."""
+    if not 0 <= index < DISTINCT_COPIES or len(pcm) < 12:
+        raise BenchError(f"cannot make copy {index} of a {len(pcm)}-sample clip")
+    out = pcm.astype(np.int16, copy=True)
+    wrapped = out.view(np.uint16)
+    for j in range(6):
+        pos = (2 * j + 1) * len(out) // 12
+        wrapped[pos] = (int(wrapped[pos]) + ((index >> (4 * j)) & 0xF) - 8) % 65536
+    return out
+
+
+def wav_bytes(pcm: np.ndarray, sample_rate: int) -> bytes:
+    """16-bit mono WAV."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(pcm.astype(np.int16).tobytes())
+    return buf.getvalue()

@@ -5,12 +5,14 @@ Run:  .venv/bin/python bench/pipeline_overhead.py [--files 1000] [--concurrency 
 One embedded server (`EmbeddedServer`, fast settings: model "Wizper", beam 1, VAD on,
 a large MAX_QUEUE so nothing is answered 503) serves both sides, in one run:
 
-  (b) flow: `flows.transcribe_archive.transcribe_archive` over a folder of N tiny WAV
-      files, fresh OUT dir, `Settings(api_url=..., api_key=..., model="Wizper",
-      language=..., concurrency=C, batch_size=B, requests_per_second=None)`,
-      `parallel_batches=P`, run inside `prefect_test_harness` (its API start-up is timed
-      and reported separately, not counted). The time counted is the wall time of the
-      flow call.
+  (b) flow: the flow `transcribe_archive` as `bulkscribe run` calls it
+      (`flows.transcribe_archive.run_with_settings`) over a folder of N tiny WAV files,
+      fresh OUT dir, `Settings(api_url=..., api_key=..., model="Wizper", language=...,
+      concurrency=C, parallel_batches=P, batch_size=B, requests_per_second=None,
+      api_idempotency_keys=True)`, run inside `prefect_test_harness` (its API start-up
+      is timed and reported separately, not counted). The time counted is the wall time
+      of the flow call: discovery, the content hash of every file (its request key),
+      claims and ledger entries under OUT/_ledger, requests, Parquet parts.
   (a) baseline: a bare asyncio + httpx loop sending the same N multipart requests
       (same bytes, file names and form fields, one idempotency key per request like the
       flow, but fresh ones so the server does not replay the flow's answers) with
@@ -21,8 +23,8 @@ over a few separate files, untimed but reported). Then `--rounds` rounds (defaul
 ABBA order, (b) (a) (a) (b) ..., so that drift in the load of this shared machine hits
 both sides alike (a round is skipped if it would end the run past `--max-seconds`);
 each side's files/s is its total files over its total time. Before every flow run but
-the first, the files get new mtimes, hence new fingerprints and
-request keys, so that the server transcribes them again instead of replaying its
+the first, the files are rewritten with new bytes (untimed), hence new content hashes
+and request keys, so that the server transcribes them again instead of replaying its
 answers to the earlier run's idempotency keys.
 
 The clips. Whisper's encoder costs ~1.7 s of CPU per request on this 2-core machine
@@ -33,8 +35,8 @@ speech starts, repeated 4x): a real recording that the server's VAD finds no spe
 so with a fixed language ("en", no language detection) the server only decodes, runs the
 VAD and answers (15-20 ms of server CPU per request measured here, more under load). `--clip speech` takes 0.5-1.5 s of
 the speech instead (for a faster machine; use --files 50 here). Each copy differs from
-the others in one sample (so the bytes differ) and in its mtime (so the fingerprints
-`local:<size>:<mtime_ns>` differ).
+the others in a few samples (`bench._common.distinct_copy`), so the bytes, the content
+hashes and the request keys differ, and in its mtime.
 
 Printed: files/s of each side, CPU used per file by this process (flow or loop), by the
 STT server and by the Prefect API server (harness subprocess), the server-side timeline
@@ -61,7 +63,6 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import collections  # noqa: E402
-import io  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -80,6 +81,8 @@ if str(REPO_ROOT) not in sys.path:
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
+
+from bench._common import BenchError, distinct_copy, run_main, wav_bytes  # noqa: E402
 
 SOURCE_WAV = Path("/work/shared/audio/timit_LDC93S1.wav")
 FALLBACK_WAV = REPO_ROOT / "samples" / "timit_LDC93S1.wav"
@@ -100,39 +103,19 @@ def base_pcm(kind: str) -> tuple[np.ndarray, int]:
     return x[int(0.5 * sr): int(1.5 * sr)].copy(), sr  # "speech": 1.0 s of the sentence
 
 
-def wav_bytes(pcm: np.ndarray, sr: int) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sr)
-        w.writeframes(pcm.tobytes())
-    return buf.getvalue()
-
-
 def make_files(folder: Path, n: int, kind: str, first_index: int = 0) -> list[Path]:
-    """n distinct copies: sample k of copy i differs (by the index, spread over 3 samples),
-    and each copy gets its own mtime, so size+mtime fingerprints and bytes all differ."""
+    """n distinct copies of the clip (copy i = `distinct_copy(pcm, i)`), each with its own
+    mtime, so that bytes, content hashes and size+mtime fingerprints all differ."""
     pcm, sr = base_pcm(kind)
     folder.mkdir(parents=True, exist_ok=True)
     base_ns = time.time_ns() - 10**12  # in the past, 1 ms apart
     paths = []
-    for i in range(first_index, first_index + n):
-        p = pcm.copy()
-        for j, pos in enumerate((101, 2203, 4409)):
-            p[pos] = np.int16(int(p[pos]) + ((i >> (4 * j)) & 0xF) - 8)
-        path = folder / f"clip_{i:05d}.wav"
-        path.write_bytes(wav_bytes(p, sr))
+    for k, i in enumerate(range(first_index, first_index + n)):
+        path = folder / f"clip_{k:05d}.wav"
+        path.write_bytes(wav_bytes(distinct_copy(pcm, i), sr))
         os.utime(path, ns=(base_ns + i * 1_000_000, base_ns + i * 1_000_000))
         paths.append(path)
     return paths
-
-
-def retouch(paths: list[Path], generation: int) -> None:
-    """New, distinct mtimes for every file (a new set of fingerprints)."""
-    base_ns = time.time_ns() - 10**12 + generation * 10**9
-    for i, path in enumerate(paths):
-        os.utime(path, ns=(base_ns + i * 1_000_000, base_ns + i * 1_000_000))
 
 
 @dataclass
@@ -277,16 +260,21 @@ class Tracer:
     def install(self) -> None:
         import functools
 
+        import flows.transcribe_archive as fta
         import stt.client
+        import tasks.batch
+        import tasks.claims
         import tasks.ledger
+        import tasks.sending
+        import tasks.storage
         import tasks.tables
-        import tasks.transcribe as tt
+        import tasks.upload
 
         ev = self.events
         clock = time.perf_counter
 
-        task = tt.transcribe_batch
-        fn, submit = task.fn, task.submit
+        task = tasks.batch.transcribe_batch
+        fn, runner_for = task.fn, fta.task_runner_for
 
         @functools.wraps(fn)
         def task_fn(files, cfg, batch_no):
@@ -296,20 +284,27 @@ class Tracer:
             finally:
                 ev["task"].append((batch_no, t0, clock(), threading.get_ident()))
 
-        def task_submit(*a, **kw):
-            t0 = clock()
-            fut = submit(*a, **kw)
-            ev["submit"].append((a[2] if len(a) > 2 else kw.get("batch_no"), t0, clock()))
-            return fut
+        def runner_for_w(settings):
+            runner = runner_for(settings)
+            submit = runner.submit
 
-        run_batch = tt._run_batch
+            def submit_w(task_, parameters=None, *a, **kw):
+                t0 = clock()
+                fut = submit(task_, parameters, *a, **kw)
+                ev["submit"].append(((parameters or {}).get("batch_no"), t0, clock()))
+                return fut
 
-        async def run_batch_w(files, cfg, ledger, stop):
+            runner.submit = submit_w
+            return runner
+
+        send_all = tasks.batch._send_all
+
+        async def send_all_w(*a, **kw):
             t0 = clock()
             try:
-                return await run_batch(files, cfg, ledger, stop)
+                return await send_all(*a, **kw)
             finally:
-                ev["run_batch"].append((t0, clock()))
+                ev["send_all"].append((t0, clock()))
 
         def timed(name, f):
             @functools.wraps(f)
@@ -332,15 +327,17 @@ class Tracer:
                 ev["http"].append((t0, clock(), threading.get_ident()))
 
         self._patch(task, "fn", task_fn)
-        self._patch(task, "submit", task_submit)
-        self._patch(tt, "_run_batch", run_batch_w)
+        self._patch(fta, "task_runner_for", runner_for_w)
+        self._patch(tasks.batch, "_send_all", send_all_w)
         self._patch(tasks.tables, "write_part", timed("write_part", tasks.tables.write_part))
         self._patch(tasks.ledger.Ledger, "write", timed("ledger_write", tasks.ledger.Ledger.write))
         self._patch(tasks.ledger.Ledger, "clear", timed("ledger_clear", tasks.ledger.Ledger.clear))
-        self._patch(tt, "_read_bytes", timed("read_bytes", tt._read_bytes))
-        if hasattr(tt, "plan_upload"):
-            self._patch(tt, "plan_upload", timed("plan_upload", tt.plan_upload))
-        self._patch(tt, "_success", timed("success", tt._success))
+        self._patch(tasks.claims.Claims, "acquire", timed("claim", tasks.claims.Claims.acquire))
+        self._patch(tasks.claims.Claims, "finish", timed("claim_finish", tasks.claims.Claims.finish))
+        self._patch(tasks.storage, "read_bytes", timed("read_bytes", tasks.storage.read_bytes))
+        self._patch(tasks.upload, "content_id", timed("content_id", tasks.upload.content_id))
+        self._patch(tasks.sending, "plan_upload", timed("plan_upload", tasks.sending.plan_upload))
+        self._patch(tasks.sending, "success", timed("success", tasks.sending.success))
         self._patch(stt.client.STTClient, "transcribe_bytes", tb_w)
         self._patch(stt.client.STTClient, "__init__", timed("STTClient()", stt.client.STTClient.__init__))
 
@@ -395,8 +392,8 @@ class Tracer:
                              f"{1000 * (e - lastans):6.0f} ms | "
                              + (f"{1000 * (nxt - e):6.0f} ms" if nxt is not None else "     -"))
         lines.append("  synchronous steps (wall time, and CPU time of the thread running them):")
-        for name in ("plan_upload", "read_bytes", "ledger_write", "success", "ledger_clear", "write_part",
-                     "STTClient()"):
+        for name in ("plan_upload", "read_bytes", "content_id", "claim", "ledger_write", "success",
+                     "ledger_clear", "claim_finish", "write_part", "STTClient()"):
             xs = [b - a for a, b, _ in ev[name]]
             if xs:
                 cpu = sum(c for _, _, c in ev[name])
@@ -411,19 +408,23 @@ class Tracer:
 #: Where CPU goes: inclusive thread-CPU time of these functions (they do not nest in each other,
 #: except where noted).
 _PROFILE_ROWS = (
-    ("tasks/transcribe.py", "plan_upload", "plan_upload (read the file + PyAV probe), in to_thread"),
+    ("tasks/upload.py", "plan_upload", "plan_upload (read the file, content hash, probe), in to_thread"),
+    ("tasks/identity.py", "content_id", "  of which the content hash (request key)"),
     ("tasks/audio_prep.py", "probe", "  of which PyAV probe"),
+    ("tasks/claims.py", "acquire", "Claims.acquire (exclusive claim under OUT/_ledger), in to_thread"),
     ("tasks/ledger.py", "write", "Ledger.write (json + write + fsync + rename), in to_thread"),
-    ("tasks/ledger.py", "clear", "Ledger.clear (one rm per file, end of batch)"),
+    ("tasks/ledger.py", "clear", "Ledger.clear (end of batch)"),
+    ("tasks/claims.py", "finish", "Claims.finish (claims become tombstones, end of batch)"),
     ("tasks/tables.py", "write_part", "tables.write_part (4 per batch)"),
     ("stt/client.py", "__init__", "STTClient() (one httpx.AsyncClient per batch)"),
     ("ssl.py", "create_default_context", "  of which ssl.create_default_context"),
     ("stt/client.py", "_post", "STTClient._post (httpx request + response)"),
     ("stt/client.py", "_parse", "  of which pydantic parse of the answer"),
-    ("tasks/transcribe.py", "_success", "_success (rows of one file)"),
-    ("tasks/transcribe.py", "_run_batch", "_run_batch (the batch's event loop work, all of the above in it "
-                                          "but the to_thread parts)"),
-    ("flows/transcribe_archive.py", "transcribe_archive", "flow function body (main thread; waits excluded)"),
+    ("tasks/outcome.py", "success", "outcome.success (rows of one file)"),
+    ("tasks/batch.py", "_send_all", "batch._send_all (the batch's event loop work, all of the above in it "
+                                    "but the to_thread parts)"),
+    ("tasks/discovery.py", "discover", "discovery (streaming, in the flow's thread)"),
+    ("flows/transcribe_archive.py", "_transcribe", "flow body (main thread; waits excluded)"),
 )
 
 
@@ -519,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=4,
                    help="Settings.concurrency: requests in flight per batch task (default 4); the "
                         "baseline keeps concurrency x parallel-batches in flight")
-    p.add_argument("--parallel-batches", type=int, default=2, help="flow's parallel_batches (default 2)")
+    p.add_argument("--parallel-batches", type=int, default=2, help="Settings.parallel_batches (default 2)")
     p.add_argument("--batch-size", type=int, default=50, help="Settings.batch_size (default 50)")
     p.add_argument("--language", default="en",
                    help="request language (default en: 'auto' makes the server run language detection, "
@@ -546,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     from prefect.testing.utilities import prefect_test_harness
 
     from config.settings import Settings
-    from flows.transcribe_archive import transcribe_archive
+    from flows.transcribe_archive import run_with_settings
     from stt.contract import WIZPER
     from stt.server.launcher import EmbeddedServer
     from tasks import tables
@@ -588,14 +589,13 @@ def main(argv: list[str] | None = None) -> int:
 
             settings = Settings(api_url=srv.api_url, api_key=SecretStr(srv.api_key), model=WIZPER,
                                 language=args.language, concurrency=args.concurrency,
-                                batch_size=args.batch_size, api_idempotency_keys=True,
-                                requests_per_second=args.rps or None)
+                                batch_size=args.batch_size, parallel_batches=args.parallel_batches,
+                                api_idempotency_keys=True, requests_per_second=args.rps or None)
             t0 = time.perf_counter()
             with prefect_test_harness(server_startup_timeout=180):
                 print(f"Prefect API start-up (test harness): {time.perf_counter() - t0:.1f} s")
                 t0 = time.perf_counter()
-                s = transcribe_archive(str(warm_src), str(work / "out-warm"), settings=settings,
-                                       parallel_batches=args.parallel_batches)
+                s = run_with_settings(str(warm_src), str(work / "out-warm"), settings)
                 print(f"Prefect warm-up flow run: {len(warm_paths)} files in {time.perf_counter() - t0:.1f} s "
                       f"(first flow run of the process; transcribed {s.transcribed})")
 
@@ -612,9 +612,10 @@ def main(argv: list[str] | None = None) -> int:
                     for side in sides:
                         if side == "b":
                             if flow_runs:
-                                # new mtimes -> new fingerprints -> new request keys, so the server
+                                # new bytes -> new content hashes -> new request keys, so the server
                                 # does the work again instead of replaying its answers
-                                retouch(paths, flow_runs)
+                                paths = make_files(src, args.files, args.clip,
+                                                   first_index=(flow_runs + 1) * (args.files + len(warm_paths)))
                             out = work / f"out-{flow_runs}"
                             first = flow_runs == 0
                             if first:
@@ -627,8 +628,7 @@ def main(argv: list[str] | None = None) -> int:
                             if profiler and first:
                                 profiler.start()
                             t0 = time.perf_counter()
-                            summary = transcribe_archive(str(src), str(out), settings=settings,
-                                                         parallel_batches=args.parallel_batches)
+                            summary = run_with_settings(str(src), str(out), settings)
                             t1 = time.perf_counter()
                             if profiler and first:
                                 profiler.stop()
@@ -639,10 +639,10 @@ def main(argv: list[str] | None = None) -> int:
                                 t0_b, t1_b = t0, t1
                             flow_runs += 1
                             if summary.transcribed != args.files or summary.failed or summary.skipped:
-                                raise SystemExit(f"flow did not transcribe every file:\n{summary.render()}")
+                                raise BenchError(f"flow did not transcribe every file:\n{summary.render()}")
                             rows = tables.read_table(str(out), "transcripts", columns=["request_key"]).num_rows
                             if rows != args.files:
-                                raise SystemExit(f"transcripts table has {rows} rows, expected {args.files}")
+                                raise BenchError(f"transcripts table has {rows} rows, expected {args.files}")
                         else:
                             c0 = meter.snapshot()
                             w0 = datetime.now(UTC)
@@ -696,4 +696,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))
