@@ -59,6 +59,7 @@ class RunSummary:
         self.transcribed += r.transcribed
         self.failed += r.failed
         self.not_sent += r.not_sent
+        self.skipped += r.skipped
         self.stop_reason = self.stop_reason or r.stop_reason
         self.audio_minutes += r.audio_s / 60.0
         self.cost += r.cost

@@ -140,7 +140,8 @@ def _transcribe(source: str, out: str, settings: Settings, filters: DiscoveryFil
         with api_endpoint(settings, source) as endpoint, RunLease(out, owner, settings.storage_options):
             cfg = _batch_config(settings, out, summary.run_id, endpoint, state, owner)
             _run_batches(files, cfg, settings, summary, progress)
-    summary.seen, summary.skipped = counts.seen, counts.skipped
+    summary.seen = counts.seen
+    summary.skipped += counts.skipped
     progress.finish()
     _report(summary, settings, f"{source} -> {out}")
     return summary

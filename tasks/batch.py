@@ -31,6 +31,7 @@ from tasks.sending import StopSignal, transcribe_one
 class BatchResult:
     transcribed: int = 0
     reused: int = 0  # of `transcribed`: same content as another file, copied, not sent
+    skipped: int = 0  # transcribed by another run after this one listed OUT
     failed: int = 0
     not_sent: int = 0
     deferred: int = 0  # of `not_sent`: claimed by another run still running
@@ -48,6 +49,8 @@ class BatchResult:
             self.reused += o.reuse
             self.audio_s += o.transcript.duration_s or 0.0
             self.cost += o.fresh_cost
+        elif o.already_done:
+            self.skipped += 1
         elif o.failure is not None:
             self.failed += 1
             self.failures.append(f"{o.failure.source}: {o.failure.message}")

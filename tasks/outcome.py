@@ -29,6 +29,9 @@ class Outcome:
     #: (`duplicate`): its rows are copied, nothing is sent.
     reuse: bool = False
     duplicate: bool = False
+    #: This very file (same source and fingerprint) was transcribed by another run since this
+    #: run listed OUT: nothing to send, nothing to write (a skip found late).
+    already_done: bool = False
     #: What this run paid for the file (0 for answers replayed or recorded by earlier runs).
     fresh_cost: float = 0.0
     #: Keep the ledger entry: the request may have been paid for without a result.

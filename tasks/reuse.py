@@ -20,8 +20,8 @@ from tasks.rows import FileWords, SegmentRow, TranscriptRow
 
 def copied_rows(out: str, wanted: list[tuple[str, AudioFile]], *,
                 storage_options: dict[str, Any] | None = None) -> dict[str, Outcome]:
-    """Outcomes for `wanted` (request key, file) from the rows OUT holds, by file URL.
-    A key with no row in OUT is left out."""
+    """Outcomes for `wanted` (request key, file) from the rows OUT holds, by file URL: the
+    rows copied for a twin, `already_done` for the very file. A key with no row is left out."""
     keys = sorted({k for k, _ in wanted})
     if not keys:
         return {}
@@ -39,6 +39,9 @@ def copied_rows(out: str, wanted: list[tuple[str, AudioFile]], *,
     for key, f in wanted:
         t = originals.get(key)
         if t is None:
+            continue
+        if (t.source, t.fingerprint) == (f.url, f.fingerprint):
+            result[f.url] = Outcome(key=key, sent=False, already_done=True)
             continue
         mine = [r for r in words.get(t.source, []) if r["fingerprint"] == t.fingerprint and r["model"] == t.model]
         turns = [SegmentRow(**r) for r in segments.get(t.source, [])
