@@ -1,6 +1,8 @@
 """Diarization error rate (DER) bench for the embedded server's diarizer (stt.server.diarize).
 
-Run:  python bench/der.py [--oracle] [--repeat N] [--words]   (repo root, [diarization] extra installed)
+Run:  python bench/der.py [--oracle] [--repeat N] [--words] [--set KEY=VALUE]...
+      python bench/der.py --sweep KEY=V1,V2,... [--set KEY=VALUE]...
+(repo root, [diarization] extra installed)
 
 The dev set is every recording in ../shared/audio that has a human reference RTTM:
 pyannote_sample (two-party telephone-style call), falcon_diarization_3spk (three clean
@@ -12,7 +14,10 @@ second labelled as one speaker), the speaker counts and the time taken; then the
 `ratio=` mean DER / mean one-speaker DER (goal: at most 0.5, and every file below its own
 baseline). --oracle passes the reference speaker count as num_speakers. A clean two-speaker
 conversation built in memory (below) is scored too, outside the means. With --words it also
-runs the word-timing check (bench/word_timing.py).
+runs the word-timing check (bench/word_timing.py). The single-speaker clips of ../shared/audio
+must come out as one speaker (it prints any that do not). --set overrides a DiarizerConfig
+knob; --sweep scores every value of one knob on every file and prints the leave-one-out DER
+(each file scored with the value best on the other files): how thresholds are chosen here.
 
 DER here is the NIST md-eval definition:
     DER = (missed speech + false alarm + speaker confusion) / total reference speech
@@ -319,14 +324,70 @@ def score(diarizer: Any, name: str, audio: np.ndarray, ref: list[Segment], oracl
                best_wall, best_cpu)
 
 
-def run(words: bool = False, repeat: int = 1, model: str | None = None, oracle: bool = False) -> int:
+SINGLE_SPEAKER_CLIPS = ["jfk_inaugural.flac", "librispeech_1995-1837-0001.wav", "leopard_test_de.wav",
+                        "leopard_test_es.wav", "leopard_test_fr.wav", "leopard_test_ja.wav",
+                        "aishell_BAC009S0724W0121.wav", "timit_LDC93S1.wav", "ru_deepspeech_sample.wav"]
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """key=value pairs for DiarizerConfig, each value cast to the field's type."""
+    from stt.server.diarize import DiarizerConfig
+
+    base, out = DiarizerConfig(), {}
+    for item in items:
+        key, value = item.split("=", 1)
+        current = getattr(base, key)  # AttributeError names an unknown knob
+        out[key] = type(current)(value) if current is not None else float(value)
+    return out
+
+
+def single_speaker_splits(diarizer: Any) -> list[tuple[str, int]]:
+    """(clip, speakers found) for the single-speaker clips that did not come out as one speaker."""
+    from faster_whisper import decode_audio
+
+    out = []
+    for name in SINGLE_SPEAKER_CLIPS:
+        if (AUDIO_DIR / name).is_file():
+            found = len({t.speaker for t in diarizer.diarize(decode_audio(str(AUDIO_DIR / name), sampling_rate=SR))})
+            if found != 1:
+                out.append((name, found))
+    return out
+
+
+def sweep(key: str, values: Sequence[str], overrides: dict[str, Any]) -> int:
+    """DER per file for every value of one knob, and its leave-one-out estimate: each file is
+    scored with the value that is best (lowest mean DER) on the other files."""
+    from faster_whisper import decode_audio
+
+    from stt.server.diarize import Diarizer, DiarizerConfig
+
+    files = [(name, decode_audio(str(a), sampling_rate=SR), read_rttm(r)) for name, a, r in dev_set()]
+    table: dict[str, list[float]] = {}
+    for value in values:
+        cfg = DiarizerConfig(**{**overrides, **parse_overrides([f"{key}={value}"])})
+        diarizer = Diarizer(config=cfg)
+        table[value] = [der(ref, diarizer.diarize(audio)) for _, audio, ref in files]
+        print(f"{key}={value:8s} " + " ".join(f"{100 * d:6.1f}" for d in table[value])
+              + f"  mean {100 * np.mean(table[value]):5.1f}  single-speaker clips split: {single_speaker_splits(diarizer)}")
+    loo = []
+    for i, (name, _, ref) in enumerate(files):
+        chosen = min(values, key=lambda v: float(np.mean([d for j, d in enumerate(table[v]) if j != i])))
+        loo.append(table[chosen][i])
+        base = der(ref, one_speaker_baseline(ref))
+        print(f"leave-one-out {name:30s} {key}={chosen:8s} DER {100 * loo[-1]:5.1f} (one speaker {100 * base:5.1f})")
+    print(f"leave-one-out mean DER {100 * np.mean(loo):.1f}%")
+    return 0
+
+
+def run(words: bool = False, repeat: int = 1, model: str | None = None, oracle: bool = False,
+        overrides: dict[str, Any] | None = None) -> int:
     from faster_whisper import decode_audio
 
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
-    from stt.server.diarize import Diarizer
+    from stt.server.diarize import Diarizer, DiarizerConfig
 
-    diarizer = Diarizer()
+    diarizer = Diarizer(config=DiarizerConfig(**(overrides or {})))
     t0 = time.perf_counter()
     diarizer.load()  # the timings below are per-call cost, not start-up
     print(f"model load {time.perf_counter() - t0:.2f} s; collar 0.25 s; num_speakers "
@@ -352,6 +413,7 @@ def run(words: bool = False, repeat: int = 1, model: str | None = None, oracle: 
     print(json.dumps({"rows": [{"file": r.name, **r.result.as_dict(), "baseline_1spk": r.baseline,
                                 "ref_speakers": r.ref_speakers, "hyp_speakers": r.hyp_speakers,
                                 "wall_s": r.wall_s, "cpu_s": r.cpu_s} for r in rows]}, default=float))
+    print(f"single-speaker clips not found as one speaker: {single_speaker_splits(diarizer)}")
     if words:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         import word_timing
@@ -367,8 +429,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--words", action="store_true", help="also run bench/word_timing.py")
     p.add_argument("--repeat", type=int, default=1, help="time each file this many times, keep the best")
     p.add_argument("--model", help="Whisper CTranslate2 dir for --words (default: see bench/word_timing.py)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a DiarizerConfig knob")
+    p.add_argument("--sweep", metavar="KEY=V1,V2,...", help="DER per value of one knob, with leave-one-out")
     a = p.parse_args(argv)
-    return run(words=a.words, repeat=a.repeat, model=a.model, oracle=a.oracle)
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    overrides = parse_overrides(a.set)
+    if a.sweep:
+        key, values = a.sweep.split("=", 1)
+        return sweep(key, values.split(","), overrides)
+    return run(words=a.words, repeat=a.repeat, model=a.model, oracle=a.oracle, overrides=overrides)
 
 
 if __name__ == "__main__":

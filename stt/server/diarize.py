@@ -9,8 +9,7 @@ from stt.server.diarization import (
     DiarizerConfig,
     Turn,
     assign_speakers,
-    mel_power,
     speaker_at,
 )
 
-__all__ = ["AudioEvent", "Diarizer", "DiarizerConfig", "Turn", "assign_speakers", "mel_power", "speaker_at"]
+__all__ = ["AudioEvent", "Diarizer", "DiarizerConfig", "Turn", "assign_speakers", "speaker_at"]

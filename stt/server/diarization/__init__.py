@@ -2,7 +2,6 @@
 
 from stt.server.diarization.assignment import assign_speakers, speaker_at
 from stt.server.diarization.diarizer import Diarizer
-from stt.server.diarization.embeddings import mel_power
 from stt.server.diarization.types import AudioEvent, DiarizerConfig, Turn
 
-__all__ = ["AudioEvent", "Diarizer", "DiarizerConfig", "Turn", "assign_speakers", "mel_power", "speaker_at"]
+__all__ = ["AudioEvent", "Diarizer", "DiarizerConfig", "Turn", "assign_speakers", "speaker_at"]

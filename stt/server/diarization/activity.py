@@ -1,9 +1,13 @@
-"""From clustered chunks back to one timeline: who talks at every frame, overlap included.
+"""From speakers' voices back to one timeline: who talks at every frame, overlap included.
 
-Each chunk votes, frame by frame, for the clusters its local speakers were given; the votes
-are averaged over the chunks that see the frame. The number of people talking at a frame is
-the chunks' averaged local-speaker count (rounded); that many clusters, the most voted ones,
-are active there. So two speakers overlap exactly where the segmentation model hears two.
+Every frame first gets the speaker whose voice the embedding windows over it are nearest
+to. Then each chunk votes, frame by frame: where one of its local speakers talks alone, for
+that frame's speaker (unless the segmentation model says it is someone else, see
+``_chunk_votes``); where two overlap, for each local speaker's usual speaker. The votes are
+averaged over the chunks that see the frame, and the number of people talking there (the
+chunks' averaged local-speaker count) picks that many of the most voted speakers. So voices
+the segmentation model merged are still told apart by their embeddings, and two speakers
+overlap exactly where the segmentation model hears two.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import numpy as np
 
 from stt.server.diarization.embeddings import WindowEmbeddings
 from stt.server.diarization.segmentation import (
-    FRAME_OFFSET_S,
     FRAME_STEP_S,
     LOCAL_SPEAKERS,
     Segmentation,
@@ -22,17 +25,72 @@ from stt.server.diarization.segmentation import (
 from stt.server.diarization.types import Turn
 
 
-def speaker_activity(seg: Segmentation, assignment: np.ndarray, num_clusters: int) -> np.ndarray:
-    """(num_clusters, num_frames) bool: who talks at each frame of the global grid."""
+def single_speaker_windows(seg: Segmentation, windows: WindowEmbeddings, fraction: float) -> np.ndarray:
+    """(n,) bool: windows where the segmentation hears exactly one speaker on ``fraction`` of the frames."""
+    count = seg.speaker_count()
+    spans = seg.frame_spans(windows.spans)
+    return np.array([b > a and float((count[a:b] == 1).mean()) >= fraction for a, b in spans], dtype=bool)
+
+
+def frame_labels(seg: Segmentation, windows: WindowEmbeddings, cent: np.ndarray, clean: np.ndarray) -> np.ndarray:
+    """(num_frames,) the speaker whose voice the windows covering each frame are nearest to
+    (single-speaker windows count double); frames no window covers take the nearest covered
+    frame's speaker."""
+    votes = np.zeros((len(cent), seg.num_frames))
+    nearest = np.argmax(windows.vectors @ cent.T, axis=1) if len(windows.vectors) else np.zeros(0, int)
+    for (a, b), k, is_clean in zip(seg.frame_spans(windows.spans), nearest, clean):
+        votes[k, a:b] += 1.0 if is_clean else 0.5
+    labels = np.argmax(votes, axis=0)
+    covered = np.flatnonzero(votes.sum(0) > 0)
+    if len(covered):
+        pos = np.clip(np.searchsorted(covered, np.arange(seg.num_frames)), 0, len(covered) - 1)
+        before = covered[np.maximum(pos - 1, 0)]
+        after = covered[pos]
+        frames = np.arange(seg.num_frames)
+        labels = labels[np.where(np.abs(frames - before) < np.abs(after - frames), before, after)]
+    return labels
+
+
+def _chunk_votes(act: np.ndarray, labels: np.ndarray, num_clusters: int, min_frames: int) -> np.ndarray:
+    """(num_clusters, frames) one chunk's votes. Each local speaker has a home cluster (distinct
+    ones, Hungarian on how often its solo frames carry each label). A solo frame votes for its
+    own label, unless that label is another local speaker's home: the segmentation model says
+    they are different people, so it votes home. Overlapped frames vote home."""
+    from scipy.optimize import linear_sum_assignment
+
+    n = act.sum(-1)
+    solo = act & (n == 1)[:, None]
+    hist = np.stack([np.bincount(labels[solo[:, s]], minlength=num_clusters) for s in range(LOCAL_SPEAKERS)])
+    rows, cols = linear_sum_assignment(-hist)
+    home = {int(r): int(c) for r, c in zip(rows, cols)}
+    votes = np.zeros((num_clusters, len(act)))
+    for s in range(LOCAL_SPEAKERS):
+        if not act[:, s].any():
+            continue
+        mine = home.get(s, int(np.argmax(hist[s])))
+        others = [home[t] for t in home if t != s and act[:, t].sum() >= min_frames]
+        own = np.where(np.isin(labels, others), mine, labels)
+        frames = np.flatnonzero(solo[:, s])
+        votes[own[frames], frames] += 1
+        votes[mine, act[:, s] & (n > 1)] += 1
+    return votes
+
+
+def speaker_activity(seg: Segmentation, labels: np.ndarray, num_clusters: int, min_local_speech_s: float) -> np.ndarray:
+    """(num_clusters, num_frames) bool: who talks at each frame of the global grid.
+
+    Every chunk votes (``_chunk_votes``), the votes are averaged over the chunks that see the
+    frame; the number of people talking at a frame is the chunks' averaged local-speaker
+    count (rounded), and that many clusters, the most voted ones, are active there. So two
+    speakers overlap exactly where the segmentation model hears two.
+    """
     votes = np.zeros((num_clusters, seg.num_frames))
     seen = np.zeros(seg.num_frames)
+    min_frames = round(min_local_speech_s / FRAME_STEP_S)
     for c in range(len(seg.chunk_starts)):
         idx, keep = seg.global_index(c)
         seen[idx] += 1
-        for s in range(LOCAL_SPEAKERS):
-            k = assignment[c, s]
-            if k >= 0:
-                votes[k, idx] += seg.active[c, keep, s]
+        votes[:, idx] += _chunk_votes(seg.active[c, keep], labels[idx], num_clusters, min_frames)
     votes /= np.maximum(seen, 1)
     count = seg.speaker_count()
     active = np.zeros(votes.shape, dtype=bool)
@@ -43,12 +101,6 @@ def speaker_activity(seg: Segmentation, assignment: np.ndarray, num_clusters: in
         on = (count > rank) & (votes[pick, frames] > 0)
         active[pick[on], frames[on]] = True
     return active
-
-
-def _window_frames(windows: WindowEmbeddings, num_frames: int) -> np.ndarray:
-    """(n, 2) global-frame spans of the windows."""
-    spans = np.round((windows.spans - FRAME_OFFSET_S) / FRAME_STEP_S).astype(int)
-    return np.clip(spans, 0, num_frames)
 
 
 def _odd_ones(vectors: np.ndarray) -> tuple[np.ndarray, int]:
@@ -74,7 +126,7 @@ def _peel(own: np.ndarray, spans: np.ndarray, vectors: np.ndarray) -> np.ndarray
     return new
 
 
-def split_to_count(active: np.ndarray, windows: WindowEmbeddings, wanted: int) -> np.ndarray:
+def split_to_count(seg: Segmentation, active: np.ndarray, windows: WindowEmbeddings, wanted: int) -> np.ndarray:
     """Add speakers until ``wanted`` talk, by peeling the busiest speaker's least typical
     windows off into a new speaker.
 
@@ -82,7 +134,7 @@ def split_to_count(active: np.ndarray, windows: WindowEmbeddings, wanted: int) -
     merged, or speakers heard for a second). Peeling off the atypical part costs far less when
     the guess is wrong than halving a speaker. Stops when nobody has two windows of their own.
     """
-    spans = _window_frames(windows, active.shape[1])
+    spans = seg.frame_spans(windows.spans)
     active = active[active.any(1)]
     while len(active) < wanted and len(active):
         busiest = int(np.argmax(active.sum(1)))

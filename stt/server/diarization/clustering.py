@@ -1,12 +1,19 @@
-"""Linking the chunks' local speakers into the recording's speakers.
+"""Linking the chunks' local speakers into the recording's speakers, then refining the
+speakers' voices window by window.
 
-Each (chunk, local speaker) gets one embedding: the mean of the GE2E window embeddings over
-the windows where that local speaker talks alone, weighted by how much of the window is
-theirs. Averaging over up to 10 s makes these far steadier than single 1.5 s windows, which
-is what lets GE2E separate telephone-band and meeting voices at all. They are clustered by
-average-linkage AHC on cosine distance (cut at a threshold, or at ``num_speakers``); then, in
-every chunk, the local speakers go to distinct clusters (Hungarian assignment on similarity),
-because the segmentation model already knows they are different people.
+1. Each (chunk, local speaker) gets one embedding: the mean of the window embeddings over the
+   windows where that local speaker talks alone, weighted by how much of the window is
+   theirs. Averaging over up to 10 s makes these far steadier than single 1.5 s windows.
+2. They are clustered by average-linkage AHC on cosine distance (cut at a threshold, or at
+   ``num_speakers``). Two local speakers of one chunk cannot-link: the segmentation model
+   already heard them as different people, so their distance is set to the maximum (2),
+   which keeps voices apart that the embeddings alone find close (a telephone call's two
+   narrow-band voices).
+3. The cluster centroids are refined on single windows (``refine_centroids``): every
+   single-speaker window joins its nearest centroid and the centroids are recomputed, a few
+   times (k-means started from the AHC answer). A local speaker that is really two similar
+   voices (the segmentation model merged them for the whole chunk) has a centroid between
+   them; a second voice found elsewhere pulls its windows away, so the merged chunks split.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from stt.server.diarization.segmentation import (
     Segmentation,
 )
 from stt.server.diarization.types import SAMPLE_RATE, DiarizerConfig
+
+CANNOT_LINK_DISTANCE = 2.0  # the largest cosine distance
 
 
 @dataclass(frozen=True)
@@ -61,13 +70,24 @@ def local_speakers(seg: Segmentation, windows: WindowEmbeddings, cfg: DiarizerCo
     return LocalSpeakers(keys, np.asarray(vectors, np.float32).reshape(-1, dim), np.asarray(speech))
 
 
-def _ahc(vectors: np.ndarray, threshold: float, n_clusters: int | None) -> np.ndarray:
-    from scipy.cluster.hierarchy import fcluster, linkage
-    from scipy.spatial.distance import pdist
+def _distances(local: LocalSpeakers) -> np.ndarray:
+    """Condensed cosine distances, with the cannot-link of local speakers sharing a chunk."""
+    from scipy.spatial.distance import pdist, squareform
 
-    if len(vectors) < 2:
-        return np.zeros(len(vectors), dtype=int)
-    tree = linkage(np.clip(pdist(vectors, metric="cosine"), 0, 2), method="average")
+    dist = squareform(np.clip(pdist(local.vectors, metric="cosine"), 0, 2))
+    chunk = np.array([c for c, _ in local.keys])
+    same_chunk = chunk[:, None] == chunk[None, :]
+    np.fill_diagonal(same_chunk, False)
+    dist[same_chunk] = CANNOT_LINK_DISTANCE
+    return squareform(dist, checks=False)
+
+
+def _ahc(local: LocalSpeakers, threshold: float, n_clusters: int | None) -> np.ndarray:
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    if len(local.keys) < 2:
+        return np.zeros(len(local.keys), dtype=int)
+    tree = linkage(_distances(local), method="average")
     if n_clusters is not None:
         labels = fcluster(tree, t=n_clusters, criterion="maxclust")
     else:
@@ -87,38 +107,20 @@ def cluster(local: LocalSpeakers, cfg: DiarizerConfig, num_speakers: int | None)
     if n == 0:
         return np.zeros(0, dtype=int)
     if num_speakers is not None:
-        return _ahc(local.vectors, cfg.distance_threshold, min(num_speakers, n))
-    labels = _ahc(local.vectors, cfg.distance_threshold, None)
+        return _ahc(local, cfg.distance_threshold, min(num_speakers, n))
+    labels = _ahc(local, cfg.distance_threshold, None)
     if labels.max() >= cfg.max_speakers:
-        labels = _ahc(local.vectors, cfg.distance_threshold, cfg.max_speakers)
+        labels = _ahc(local, cfg.distance_threshold, cfg.max_speakers)
     return labels
 
 
-def merge_into_nearest(local: LocalSpeakers, labels: np.ndarray, small: int) -> np.ndarray:
-    """Labels with cluster ``small`` joined to the cluster whose centroid is most like it."""
-    cent = centroids(local.vectors, labels)
-    sim = cent[small] @ cent.T
-    sim[small] = -np.inf
-    merged = np.where(labels == small, int(np.argmax(sim)), labels)
-    return np.unique(merged, return_inverse=True)[1]
-
-
-def assign_chunks(local: LocalSpeakers, labels: np.ndarray, num_chunks: int) -> np.ndarray:
-    """(num_chunks, 3) cluster of each local speaker (-1: none). Inside a chunk, local speakers
-    go to distinct clusters while there are enough; any left over join their nearest one."""
-    from scipy.optimize import linear_sum_assignment
-
-    out = -np.ones((num_chunks, LOCAL_SPEAKERS), dtype=int)
-    if len(local.keys) == 0:
-        return out
-    cent = centroids(local.vectors, labels)
-    by_chunk: dict[int, list[int]] = {}
-    for i, (c, _) in enumerate(local.keys):
-        by_chunk.setdefault(c, []).append(i)
-    for c, members in by_chunk.items():
-        sim = local.vectors[members] @ cent.T
-        rows, cols = linear_sum_assignment(-sim)
-        chosen = dict(zip(rows.tolist(), cols.tolist()))
-        for r, i in enumerate(members):
-            out[c, local.keys[i][1]] = chosen.get(r, int(np.argmax(sim[r])))
-    return out
+def refine_centroids(vectors: np.ndarray, clean: np.ndarray, cent: np.ndarray, iterations: int) -> np.ndarray:
+    """Centroids after ``iterations`` rounds of: single-speaker windows (``clean``) join their
+    nearest centroid, each centroid becomes the mean of its windows (kept if it has none)."""
+    own = vectors[clean]
+    for _ in range(iterations):
+        nearest = np.argmax(own @ cent.T, axis=1)
+        cent = np.stack([own[nearest == k].mean(0) if (nearest == k).any() else cent[k]
+                         for k in range(len(cent))])
+        cent = cent / (np.linalg.norm(cent, axis=1, keepdims=True) + 1e-8)
+    return cent

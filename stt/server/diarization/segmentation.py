@@ -54,6 +54,11 @@ class Segmentation:
         keep = idx < self.num_frames
         return idx[keep], keep
 
+    def frame_spans(self, spans_s: np.ndarray) -> np.ndarray:
+        """(n, 2) global-frame [start, end) of (n, 2) spans in seconds, clipped to the audio."""
+        spans = np.round((np.asarray(spans_s) - FRAME_OFFSET_S) / FRAME_STEP_S).astype(int)
+        return np.clip(spans, 0, self.num_frames).reshape(-1, 2)
+
     def speaker_count(self) -> np.ndarray:
         """(num_frames,) how many speakers talk at each frame: the chunks' votes, averaged, rounded."""
         votes = np.zeros(self.num_frames)
@@ -71,6 +76,24 @@ class Segmentation:
             idx, keep = self.global_index(c)
             any_voice[idx] |= self.active[c, keep].any(-1)
         return [(frame_time(a), frame_time(b)) for a, b in runs(any_voice)]
+
+
+def local_activity(log_probs: np.ndarray, speech_threshold: float) -> np.ndarray:
+    """(C, F, 3) bool from the powerset log posteriors (C, F, 7): the most likely class, and
+    where that is "nobody" although P(somebody) > speech_threshold, the most likely local speaker.
+
+    The 7-way argmax misses quiet speech whose probability is split between speakers and
+    speaker pairs (AMI trn04, 14-16 s: P(somebody) 0.4-0.6, yet "nobody" wins every frame);
+    deciding speech first, on its own probability, is what finds it.
+    """
+    probs = np.exp(log_probs)
+    active = _POWERSET[log_probs.argmax(-1)]
+    missed = (1.0 - probs[..., 0] > speech_threshold) & ~active.any(-1)
+    if missed.any():
+        marginal = probs @ _POWERSET.astype(probs.dtype)  # P(local speaker k talks)
+        c, f = np.nonzero(missed)
+        active[c, f, marginal[c, f].argmax(-1)] = True
+    return active
 
 
 def frame_time(index: int | float) -> float:
@@ -124,7 +147,7 @@ class SegmentationModel:
         self._session = ort.InferenceSession(str(model_path()), sess_options=opts,
                                              providers=["CPUExecutionProvider"])
 
-    def __call__(self, audio: np.ndarray, step_s: float) -> Segmentation:
+    def __call__(self, audio: np.ndarray, step_s: float, speech_threshold: float) -> Segmentation:
         """Hard local-speaker activity of every chunk of 16 kHz mono float32 audio."""
         starts = chunk_starts(len(audio), max(1, round(step_s * SAMPLE_RATE)))
         outputs = []
@@ -136,4 +159,5 @@ class SegmentationModel:
             outputs.append(self._session.run(None, {"input": batch})[0])
         log_probs = np.concatenate(outputs)
         num_frames = int(np.ceil(len(audio) / SAMPLE_RATE / FRAME_STEP_S))
-        return Segmentation(np.asarray(starts) / SAMPLE_RATE, _POWERSET[log_probs.argmax(-1)], num_frames)
+        return Segmentation(np.asarray(starts) / SAMPLE_RATE, local_activity(log_probs, speech_threshold),
+                            num_frames)
