@@ -139,6 +139,7 @@ def _pcm_blocks(source, rate: int) -> Iterator[np.ndarray]:
                     for out in resampler.resample(None):
                         yield out.to_ndarray()[0]
                 resampler, setup = av.AudioResampler(format="flt", layout="mono", rate=rate), key
+            assert resampler is not None
             for out in resampler.resample(frame):
                 yield out.to_ndarray()[0]
         if resampler is not None:
@@ -195,16 +196,17 @@ def probe(source) -> AudioInfo:
     try:
         stream = container.streams.audio[0]
         ctx = stream.codec_context
-        info = dict(sample_rate=ctx.sample_rate or None, channels=ctx.channels or None,
-                    codec=ctx.name or None)
+        def info(duration_s: float) -> AudioInfo:
+            return AudioInfo(duration_s, ctx.sample_rate or None, ctx.channels or None, ctx.name or None)
+
         if container.duration and container.duration > 0:
-            return AudioInfo(duration_s=container.duration / av.time_base, **info)
+            return info(container.duration / av.time_base)
         if stream.duration and stream.time_base:
-            return AudioInfo(duration_s=float(stream.duration * stream.time_base), **info)
+            return info(float(stream.duration * stream.time_base))
         seconds = 0.0
         for frame in _frames(container):
             seconds += frame.samples / frame.sample_rate
-        return AudioInfo(duration_s=seconds, **info)
+        return info(seconds)
     finally:
         container.close()
 

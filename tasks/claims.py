@@ -216,7 +216,7 @@ class Claims:
 
     def live_run_starts(self) -> list[float]:
         """Start times of the other runs whose lease is fresh."""
-        starts = []
+        starts: list[float] = []
         folder = f"{self.root}/_runs"
         if not self.fs.exists(folder):
             return starts

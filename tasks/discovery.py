@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from itertools import islice
@@ -212,7 +212,7 @@ def discover(
     if matcher.max_files == 0:
         return
     if isinstance(fs, LocalFileSystem):
-        files = _discover_local(root, matcher)
+        files: Generator[AudioFile, None, None] = _discover_local(root, matcher)
     elif _is_s3(fs):
         files = _discover_s3(fs, root, matcher)
     else:
@@ -258,7 +258,7 @@ def _scan_sorted(path: str) -> list[os.DirEntry[str]] | None:
     return entries
 
 
-def _discover_local(root: str, m: _Matcher) -> Iterator[AudioFile]:
+def _discover_local(root: str, m: _Matcher) -> Generator[AudioFile, None, None]:
     """Depth-first scandir walk: memory is bounded by the directories on the
     current path, not by the size of the tree. Directory symlinks are followed,
     with a guard against loops, because audio archives are often assembled
@@ -327,7 +327,7 @@ def _discover_local(root: str, m: _Matcher) -> Iterator[AudioFile]:
             yield item
 
 
-def _discover_s3(fs: Any, root: str, m: _Matcher) -> Iterator[AudioFile]:
+def _discover_s3(fs: Any, root: str, m: _Matcher) -> Generator[AudioFile, None, None]:
     """Flat ListObjectsV2 paging, one page (<= 1000 keys) in memory at a time.
 
     s3fs's find/walk build the complete listing before returning, so we page
@@ -413,7 +413,7 @@ def _generic_file(fs: fsspec.AbstractFileSystem, info: dict[str, Any]) -> AudioF
     return AudioFile(url=fs.unstrip_protocol(info["name"]), size=size, modified=modified, fingerprint=fingerprint)
 
 
-def _discover_generic(fs: fsspec.AbstractFileSystem, root: str, m: _Matcher) -> Iterator[AudioFile]:
+def _discover_generic(fs: fsspec.AbstractFileSystem, root: str, m: _Matcher) -> Generator[AudioFile, None, None]:
     """Directory-by-directory walk for the other fsspec backends (one ``ls`` in memory per level)."""
     info = fs.info(root)
     if info.get("type") != "directory":

@@ -121,7 +121,8 @@ class FileSend:
         copied = await self._claim()
         if copied is not None:
             return copied
-        self.entry = await asyncio.to_thread(self.ledger.read, self.key) or {}
+        recorded: Entry | None = await asyncio.to_thread(self.ledger.read, self.key)
+        self.entry = recorded or {}
         if self.entry.get("complete"):
             return self._rows(self._recorded())
         if self.entry.get("state") == "sent" and not self.entry.get("jobs"):

@@ -26,7 +26,7 @@ _LOCAL_PROTOCOLS = ("file", "local")
 # SigV4 caps presigned URLs at 7 days; asking for more fails only when the URL is used.
 MAX_PRESIGN_S = 7 * 24 * 3600
 
-Writer = Callable[[IO[bytes]], None]
+Writer = Callable[[IO[bytes]], object]
 
 
 def is_remote(url: str) -> bool:
