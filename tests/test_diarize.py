@@ -306,6 +306,33 @@ def test_fbank_front_end_shape_and_tone():
     assert log_fbank(np.zeros(100, np.float32)).shape == (0, 80)
 
 
+def test_speech_is_decided_before_who_speaks():
+    """Quiet speech whose probability is split between speakers and pairs: "nobody" wins the
+    7-way argmax, yet P(somebody) is 0.58, so the most likely local speaker is active."""
+    from stt.server.diarization.segmentation import local_activity
+
+    probs = np.array([0.42, 0.20, 0.05, 0.03, 0.15, 0.10, 0.05])  # nobody, A, B, C, AB, AC, BC
+    log_probs = np.log(probs)[None, None, :]
+    assert local_activity(log_probs, 0.5)[0, 0].tolist() == [True, False, False]  # A: 0.20+0.15+0.10
+    assert not local_activity(log_probs, 0.6).any()
+    sure = np.log(np.array([0.05, 0.05, 0.8, 0.02, 0.04, 0.02, 0.02]))[None, None, :]
+    assert local_activity(sure, 0.5)[0, 0].tolist() == [False, True, False]
+
+
+def test_refined_centroids_pull_two_merged_voices_apart():
+    """A centroid between two voices (a local speaker that was really two people) and a seed
+    of the second voice: after refinement each centroid sits on one voice."""
+    from stt.server.diarization.clustering import refine_centroids
+
+    rng = np.random.default_rng(0)
+    a, b = np.eye(8)[0], np.eye(8)[1] * 0.6 + np.eye(8)[0] * 0.8  # cos(a, b) = 0.8
+    voices = np.vstack([a + 0.05 * rng.standard_normal((30, 8)), b + 0.05 * rng.standard_normal((30, 8))])
+    voices /= np.linalg.norm(voices, axis=1, keepdims=True)
+    start = np.vstack([(a + b) / np.linalg.norm(a + b), b])
+    cent = refine_centroids(voices, np.ones(60, dtype=bool), start, 3)
+    assert cent[0] @ a > 0.99 and cent[1] @ b > 0.99
+
+
 # --------------------------------------------------------------------- audio events
 
 
