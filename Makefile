@@ -39,8 +39,11 @@ demo: install
 test: install-dev
 	$(BIN)/python -m pytest
 
+# Every benchmark in bench/ (or only those named: make bench BENCH="parquet_write scale"),
+# each ratio= line as it comes, then a table of ratio vs goal; fails if any fails.
+BENCH ?=
 bench: install-dev
-	$(BIN)/python bench/server_overhead.py
+	$(BIN)/python bench/run_all.py $(BENCH)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
