@@ -388,3 +388,29 @@ def test_serve_entry_point_builds_the_three_deployments_without_secrets(monkeypa
     assert backfill.parameters == {"source": "s3://archive/calls", "out": "s3://analytics/stt", "shards": 4}
     assert "must-not-appear" not in str([d.parameters for d in (nightly, backfill, shard)])
     assert "pause_on_shutdown=False" in (REPO / "deployments" / "serve.py").read_text()
+
+
+def test_sigterm_ends_a_run_promptly(tmp_path):
+    """SIGTERM (a container stop, cron's timeout) ends `bulkscribe run` without kill -9."""
+    import time
+
+    src = archive(tmp_path, good=6)
+    with EmbeddedServer(balance_usd=10.0, env={**FAKE, "BULKSCRIBE_SERVER_FAULTS": "delay=1,delay_s=30,on=submit"}) as srv:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "BULKSCRIBE", "NANOGPT"))}
+        env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), NANOGPT_API_KEY=srv.api_key)
+        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(src), "--out", str(tmp_path / "out"),
+                                 "--api-url", srv.api_url, "--progress", "lines"], cwd=REPO, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline and not (tmp_path / "out" / "_ledger").exists():
+                time.sleep(0.5)  # the run is sending (its ledger exists) and every answer takes 30 s
+            assert proc.poll() is None, proc.communicate()
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 130, err
+    assert "interrupted; re-run the same command to resume" in err
