@@ -31,7 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The server's flags, on this parser (`bulkscribe serve` adds them to its subcommand)."""
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default 8765)")
-    p.add_argument("--api-key-file", default=None, help="file whose first line is the API key to accept (a new key is created)")
+    p.add_argument("--api-key-file", default=None,
+                   help="file whose first line is the API key to accept (a new key is created)")
     p.add_argument("--api-key", default=None,
                    help=f"API key to accept (shows in `ps`: prefer --api-key-file or {KEY_ENV})")
     p.add_argument("--balance", type=float, default=10.0,

@@ -96,8 +96,8 @@ async def submit_job(state: ServerState, key_hash: str, req: AudioRequest, ticke
 def accepted_body(job: Job) -> dict[str, object]:
     """The 202 answer for a job (also what a replayed submission answers)."""
     return AsyncJob(
-        runId=job.run_id, status=cast(JobStatus, job.status), model=job.model, cost=job.cost_micro / MICRO, paymentSource="USD",
-        isApiRequest=True, fileName=job.file_name, fileSize=job.file_size,
+        runId=job.run_id, status=cast(JobStatus, job.status), model=job.model, cost=job.cost_micro / MICRO,
+        paymentSource="USD", isApiRequest=True, fileName=job.file_name, fileSize=job.file_size,
         chargedDuration=round((job.duration_s or 0) / 60.0, 6), diarize=bool(job.params.get("diarize")),
     ).model_dump(exclude_none=True)
 

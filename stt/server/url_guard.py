@@ -140,8 +140,10 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         self.policy = policy
         self.inner = inner or httpcore.AnyIOBackend()
 
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-                          socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None) -> httpcore.AsyncNetworkStream:
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                          local_address: str | None = None,
+                          socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None
+                          ) -> httpcore.AsyncNetworkStream:
         try:
             with anyio.fail_after(timeout):
                 addresses = await resolve(host, port)
