@@ -21,6 +21,7 @@ import pytest
 from pydantic import SecretStr
 
 from config.settings import Settings
+from flows.errors import NothingTranscribed
 from flows.transcribe_archive import run_with_settings
 from stt.server.audio import decode
 from tasks import tables
@@ -109,8 +110,11 @@ def test_s3_archive_to_s3_output(prefect_api, server, s3_env, tmp_path):
     # Re-run: nothing is sent again (the server's own ledger shows no new charge).
     charged = len(usage(server))
     assert charged - before == 3
-    again = run_with_settings("s3://archive/calls", "s3://results/run1", settings)
-    assert again.skipped == 3 and again.transcribed == 0
+    # Only the broken file is left, and it fails again: "no file could be transcribed" (a Failed run).
+    with pytest.raises(NothingTranscribed) as ended:
+        run_with_settings("s3://archive/calls", "s3://results/run1", settings)
+    again = ended.value.summary
+    assert (again.skipped, again.transcribed, again.failed) == (3, 0, 1)
     assert len(usage(server)) == charged
 
 
@@ -124,11 +128,13 @@ def test_s3_object_over_the_url_cap_is_reencoded_or_chunked(server, s3_env, big_
 
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="huge")
-    s3.upload_file(str(big_wav), "huge", "very-long.wav")
-    f = next(discover("s3://huge/very-long.wav"))
     out = str(tmp_path / "out")
 
     def run(**limits):
+        # Each run its own object (its own content): the same content would be reused, not sent.
+        key = f"very-long-{len(limits)}.wav"
+        s3.put_object(Bucket="huge", Key=key, Body=big_wav.read_bytes() + os.urandom(16))
+        f = next(discover(f"s3://huge/{key}"))
         settings = Settings(model="Wizper", language="en", **{"max_url_bytes": LIMIT, "max_direct_upload_bytes": LIMIT,
                                                               "chunk_seconds": 15.0, **limits})
         cfg = BatchConfig.from_settings(settings, out=out, run_id="r",

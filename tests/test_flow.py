@@ -213,6 +213,7 @@ def test_atomic_part_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
     assert tables.read_table(str(tmp_path), "failures").num_rows == 1
 
 
+@pytest.mark.real_model
 def test_cli_with_embedded_server_and_ephemeral_prefect(tmp_path):
     """`bulkscribe run` with no API URL: starts its own server and Prefect, prints a summary."""
     src = tmp_path / "src"
@@ -287,6 +288,7 @@ def test_lost_response_is_replayed_free_with_idempotency_keys(server, tmp_path):
     assert len(usage(server)) == charges_before + 1  # ...paid once
 
 
+@pytest.mark.real_model
 def test_balance_caps_the_run_and_a_402_stops_it(prefect_api, tmp_path):
     src = tmp_path / "src"
     src.mkdir()

@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Any
 
-from flows.cli.run import _prefect_offline_defaults
+from flows.cli.run import prefect_offline_defaults
 from flows.errors import EXIT_NOTHING_DONE
 
 
@@ -52,7 +52,7 @@ def models_of(values: list[str]) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    _prefect_offline_defaults()
+    prefect_offline_defaults()
     from pydantic import ValidationError
 
     from config.files import ConfigError

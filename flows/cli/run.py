@@ -23,7 +23,7 @@ from typing import Any
 from flows.errors import EXIT_NOTHING_DONE, EXIT_SOME_FAILED
 
 
-def _prefect_offline_defaults() -> None:
+def prefect_offline_defaults() -> None:
     # Prefect's server otherwise phones home; these machines (and many users') are offline.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -113,7 +113,7 @@ def _stop_on_sigterm() -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    _prefect_offline_defaults()
+    prefect_offline_defaults()
     from pydantic import ValidationError
 
     from config.files import ConfigError
