@@ -39,8 +39,9 @@ from tasks.claims import STALE_AFTER_S, Claims, Owner
 
 #: The deployment the shards run as (prefect.yaml, deployments/serve.py).
 SHARD_DEPLOYMENT = "transcribe_archive/shard"
-#: A shard run that says Running with no lease yet is given this long to start (server start-up...).
-START_GRACE_S = 300.0
+#: A shard run that says Running with no lease yet is given this long to write it (it does so
+#: first thing, before reading OUT or starting a server).
+START_GRACE_S = 60.0
 #: A shard run a worker took (Pending) but never started: that worker died while starting it.
 PENDING_GRACE_S = 90.0
 _MAX_ATTEMPTS = 20

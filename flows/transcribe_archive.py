@@ -124,9 +124,18 @@ def shard_filter(index: int, count: int) -> Callable[[AudioFile], bool] | None:
 
 def _transcribe(source: str, out: str, settings: Settings, filters: DiscoveryFilter,
                 keep: Callable[[AudioFile], bool] | None, dry_run: bool) -> RunSummary:
-    logger = get_run_logger()
     summary = RunSummary(run_id=_run_id(), out=out, dry_run=dry_run)
     owner = Owner.this_process(summary.run_id)
+    with contextlib.ExitStack() as lease:
+        if not dry_run:  # from the start: a backfill tells a live shard from a dead one by its lease
+            lease.enter_context(RunLease(out, owner, settings.storage_options))
+        _run(source, out, settings, filters, keep, summary, owner)
+    return summary
+
+
+def _run(source: str, out: str, settings: Settings, filters: DiscoveryFilter,
+         keep: Callable[[AudioFile], bool] | None, summary: RunSummary, owner: Owner) -> None:
+    logger, dry_run = get_run_logger(), summary.dry_run
     state = ResumeState.load(out, job_options(settings), owner, settings.storage_options)
     logger.info("%d file(s) already transcribed under %s; %d request(s) outstanding from earlier runs",
                 len(state.done.files), redact(out), state.outstanding)
@@ -137,14 +146,13 @@ def _transcribe(source: str, out: str, settings: Settings, filters: DiscoveryFil
     if dry_run:
         plan_dry_run(files, settings, summary)
     else:
-        with api_endpoint(settings, source) as endpoint, RunLease(out, owner, settings.storage_options):
+        with api_endpoint(settings, source) as endpoint:
             cfg = _batch_config(settings, out, summary.run_id, endpoint, state, owner)
             _run_batches(files, cfg, settings, summary, progress)
     summary.seen = counts.seen
     summary.skipped += counts.skipped
     progress.finish()
     _report(summary, settings, f"{source} -> {out}")
-    return summary
 
 
 def _counted(files: Iterable[AudioFile], progress: Progress) -> Iterator[AudioFile]:

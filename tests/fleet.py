@@ -109,8 +109,9 @@ class Fleet:
                      BULKSCRIBE_SOURCE=source, BULKSCRIBE_OUT=out)
 
     def start_worker(self, name: str, **worker_env: str) -> subprocess.Popen[bytes]:
+        # Poll the pool every 2 s (default 10): a backfill's shards are picked up at once.
         worker = self._spawn([*PREFECT, "worker", "start", "--pool", POOL, "--name", name],
-                             f"worker-{name}.log", self.prefect_env(**worker_env))
+                             f"worker-{name}.log", self.prefect_env(PREFECT_WORKER_QUERY_SECONDS="2", **worker_env))
         self.workers.append(worker)
         return worker
 
