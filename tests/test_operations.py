@@ -414,3 +414,19 @@ def test_sigterm_ends_a_run_promptly(tmp_path):
                 proc.wait()
     assert proc.returncode == 130, err
     assert "interrupted; re-run the same command to resume" in err
+
+
+def test_api_key_from_a_prefect_secret_block(prefect_api, fake_server, monkeypatch):
+    from prefect.blocks.system import Secret
+
+    from flows.endpoint import api_key
+    from flows.errors import RunAborted
+
+    monkeypatch.delenv("NANOGPT_API_KEY", raising=False)
+    Secret(value=fake_server.api_key).save("bulkscribe-test-key", overwrite=True)
+    settings = Settings(api_url=fake_server.api_url, api_key_secret_block="bulkscribe-test-key")
+    key = api_key(settings)
+    assert key is not None and key.get_secret_value() == fake_server.api_key
+    assert fake_server.api_key not in repr(settings) + json.dumps(settings.public())
+    with pytest.raises(RunAborted, match="cannot load the Prefect Secret block 'no-such-block'"):
+        api_key(Settings(api_url=fake_server.api_url, api_key_secret_block="no-such-block"))
