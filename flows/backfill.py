@@ -74,7 +74,8 @@ def backfill(source: str, out: str, shards: int = 4, modified_since: datetime | 
              deployment: str = SHARD_DEPLOYMENT, poll_s: float = 5.0,
              pending_grace_s: float = PENDING_GRACE_S) -> dict[str, float]:
     """Transcribe SOURCE's window in `shards` child runs on the work pool; the total of all shards.
-    Ends Failed when a shard did not complete: re-run the same backfill to retry those alone."""
+    A budget (settings or environment) is split evenly over the shards. Ends Failed when a shard
+    did not complete: re-run the same backfill to retry those alone."""
     run_settings = load_settings(config, settings, model=model, language=language)
     common = {k: v for k, v in {"model": model, "language": language, "include": include, "exclude": exclude,
                                 "settings": settings, "config": config}.items() if v}
@@ -82,6 +83,9 @@ def backfill(source: str, out: str, shards: int = 4, modified_since: datetime | 
         plans = plan_shards(source, out, shards, shard_by, modified_since, modified_before, prefixes, common)
     except ShardPlanError as exc:
         raise RunAborted(str(exc)) from None
+    if run_settings.budget_usd is not None:  # the backfill's budget, split: shards do not add theirs up
+        share = {"budget_usd": run_settings.budget_usd / len(plans)}
+        plans = [{**p, "settings": {**(p.get("settings") or {}), **share}} for p in plans]
     check_storage(source, out, run_settings)
     work = [Shard(i, p, shard_key(deployment, p)) for i, p in enumerate(plans)]
     liveness = Liveness(Claims(out, Owner.this_process("backfill"), run_settings.storage_options), pending_grace_s)
