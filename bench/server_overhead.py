@@ -1,16 +1,18 @@
 """Overhead of the embedded server over calling faster-whisper directly.
 
 Run:  .venv/bin/python bench/server_overhead.py [--model Whisper-Large-V3|Wizper] [--repeat N]
+                                                [--engine-path fast|legacy]
 
 The same clips are transcribed, in one run, sequentially (one request at a time):
-  (a) direct: faster_whisper.WhisperModel in this process, on the same weights
-      (`resolve_model(None)`), with the same compute_type / cpu_threads / num_workers as
-      the server and the same `transcribe()` kwargs as `stt.server.whisper_engine.WhisperEngine`, audio
-      decoded from the file bytes with `faster_whisper.decode_audio` (the server decodes
-      too, so decoding is part of both timings);
+  (a) direct: the server's own engine (`stt.server.whisper_engine.WhisperEngine`) in this
+      process, on the same weights and settings, given the clip's file path (it decodes
+      the file itself, as the server's engine does with the uploaded temp file);
   (b) server: the embedded server (`EmbeddedServer`, its own process, loopback HTTP),
       multipart upload of the same bytes through the project's `STTClient`, with its
-      worker/thread/compute settings forced equal to (a)'s through the environment.
+      engine path, worker/thread/compute settings forced equal to (a)'s through the
+      environment.
+So the ratio is what the HTTP layer costs (parsing, temp file, probe, admission, billing,
+SQLite) over the engine's own work, on either engine path.
 
 A warm-up pass of every clip (untimed) is done for both first. Then `--repeat` timed
 passes of each. By default (a) and (b) are interleaved clip by clip, and which of the two
@@ -43,7 +45,7 @@ from stt.client import STTClient  # noqa: E402
 from stt.contract import WHISPER_LARGE_V3, WIZPER, normalize_language  # noqa: E402
 from stt.server.launcher import EmbeddedServer  # noqa: E402
 from stt.server.settings import ServerSettings  # noqa: E402
-from stt.server.weights import resolve_model  # noqa: E402
+from stt.server.whisper_engine import WhisperEngine  # noqa: E402
 
 AUDIO_DIR = Path(__file__).resolve().parents[2] / "shared" / "audio"
 FALLBACK_DIR = REPO_ROOT / "samples"
@@ -71,6 +73,7 @@ FALLBACK_CLIPS = (
 @dataclass
 class Clip:
     name: str
+    path: Path
     data: bytes
     duration_s: float
     a_times: list[float] = field(default_factory=list)
@@ -92,34 +95,20 @@ def load_clips() -> list[Clip]:
     clips = []
     for p in paths:
         data = p.read_bytes()
-        clips.append(Clip(p.name, data, len(decode_audio(io.BytesIO(data), sampling_rate=SR)) / SR))
+        clips.append(Clip(p.name, p, data, len(decode_audio(io.BytesIO(data), sampling_rate=SR)) / SR))
     return clips
 
 
 class Direct:
-    """(a): faster-whisper called as Engine.transcribe calls it, decoding included."""
+    """(a): the server's engine in this process, decoding included."""
 
     def __init__(self, settings: ServerSettings, accurate: bool, language: str | None) -> None:
-        from faster_whisper import WhisperModel
+        self.engine = WhisperEngine(settings)
+        self.weights_name = self.engine.weights_name
+        self.accurate, self.language = accurate, language
 
-        path, self.weights_name = resolve_model(settings.whisper_model, settings.cache_dir)
-        self.model = WhisperModel(path, device="cpu", compute_type=settings.compute_type,
-                                  cpu_threads=settings.threads_per_worker(), num_workers=settings.workers)
-        self.kwargs = dict(
-            language=language,
-            beam_size=settings.accurate_beam_size if accurate else settings.fast_beam_size,
-            vad_filter=settings.vad_filter,
-            word_timestamps=False,
-            condition_on_previous_text=accurate,
-        )
-
-    def __call__(self, data: bytes) -> str:
-        from faster_whisper import decode_audio
-
-        audio = decode_audio(io.BytesIO(data), sampling_rate=SR)
-        segments, _info = self.model.transcribe(audio, **self.kwargs)
-        texts = [seg.text.strip() for seg in segments]  # the generator does the work
-        return " ".join(t for t in texts if t)
+    def __call__(self, clip: Clip) -> str:
+        return self.engine.transcribe(str(clip.path), accurate=self.accurate, language=self.language).text
 
 
 class ViaServer:
@@ -150,7 +139,7 @@ def proc_cpu_s(pid: int) -> float:
 
 def run_one(side: str, clip: Clip, direct: Direct, server: ViaServer, record: bool) -> float:
     t0 = time.perf_counter()
-    text = direct(clip.data) if side == "a" else server(clip)
+    text = direct(clip) if side == "a" else server(clip)
     dt = time.perf_counter() - t0
     if side == "a":
         clip.a_text = text
@@ -179,9 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="server workers = (a)'s num_workers (default 1)")
     p.add_argument("--threads", type=int, default=0,
                    help="CTranslate2 threads per worker for both (default: cores / workers, as the server)")
+    p.add_argument("--engine-path", choices=("fast", "legacy"), default="fast", help="engine path of both sides")
     args = p.parse_args(argv)
 
-    settings = ServerSettings(workers=args.workers, cpu_threads=args.threads)
+    settings = ServerSettings(workers=args.workers, cpu_threads=args.threads, engine_path=args.engine_path)
     threads = settings.threads_per_worker()
     accurate = args.model != WIZPER
     language = "auto"
@@ -189,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         "BULKSCRIBE_SERVER_WORKERS": str(settings.workers),
         "BULKSCRIBE_SERVER_CPU_THREADS": str(threads),
         "BULKSCRIBE_SERVER_COMPUTE_TYPE": settings.compute_type,
+        "BULKSCRIBE_SERVER_ENGINE_PATH": settings.engine_path,
         "BULKSCRIBE_SERVER_ACCURATE_BEAM_SIZE": str(settings.accurate_beam_size),
         "BULKSCRIBE_SERVER_FAST_BEAM_SIZE": str(settings.fast_beam_size),
         "BULKSCRIBE_SERVER_VAD_FILTER": str(settings.vad_filter).lower(),
@@ -199,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     clips = load_clips()
     total_audio = sum(c.duration_s for c in clips)
-    print(f"model={args.model} beam={settings.accurate_beam_size if accurate else settings.fast_beam_size} "
+    print(f"model={args.model} engine_path={settings.engine_path} "
+          f"beam={settings.accurate_beam_size if accurate else settings.fast_beam_size} "
           f"vad={settings.vad_filter} compute={settings.compute_type} workers={settings.workers} "
           f"threads={threads} cores={os.cpu_count()} repeat={args.repeat} "
           f"interleave={'yes' if args.interleave else 'no'} loadavg={os.getloadavg()[0]:.2f}")

@@ -59,9 +59,12 @@ class PieceDecoder:
         if not self.model.model.is_multilingual:  # an English-only model: nothing to detect
             self.language = "en"
 
-    def add(self, regions: list[tuple[int, int]], samples: np.ndarray) -> None:
-        """Transcribe one piece: `samples` is the speech of `regions` (file sample ranges) glued."""
-        features = log_mel(samples, self.model.feature_extractor)
+    def features(self, samples: np.ndarray) -> np.ndarray:
+        """A piece's log-Mel features (CPU work outside the model: do it before `add`)."""
+        return log_mel(samples, self.model.feature_extractor)
+
+    def add(self, regions: list[tuple[int, int]], features: np.ndarray) -> None:
+        """Transcribe one piece: `features` of the speech of `regions` (file sample ranges) glued."""
         content_frames = features.shape[-1] - 1
         if content_frames <= 0:
             return

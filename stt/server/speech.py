@@ -199,4 +199,6 @@ def pieces(source: str | np.ndarray, groups: list[list[tuple[int, int]]],
                 out[filled:filled + take] = block[start - block_start:start - block_start + take]
                 filled += take
                 start += take
-        yield out
+        handed = [out]
+        del out
+        yield handed.pop()  # holding no reference while suspended: the caller may free the piece

@@ -90,8 +90,10 @@ class WhisperEngine:
         groups = speech.groups(int(s.piece_s * SAMPLE_RATE))
         assert self._batcher is not None
         for group, samples in zip(groups, pieces(audio, groups)):
-            with self._batcher.session():
-                decoder.add(group, samples)
+            features = decoder.features(samples)
+            del samples
+            with self._batcher.session():  # from here on, mostly model calls
+                decoder.add(group, features)
         return decoder.transcript(speech.duration_s)
 
     def _speech(self, audio: np.ndarray | str) -> SpeechMap:
