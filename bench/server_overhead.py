@@ -22,7 +22,8 @@ through (a), then all through (b)).
 
 Printed: audio seconds per wall second for (a) and (b), a per-clip table, CPU seconds
 used by each side (this process for (a), the server process for (b)), and as the very
-last line `ratio=<(b)/(a) throughput, 3 decimals>`; 1.000 means no server overhead.
+last line `ratio=<(b)/(a) throughput, 3 decimals>`; 1.000 means no server overhead
+(goal >= 0.95).
 """
 
 from __future__ import annotations
