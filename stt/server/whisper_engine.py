@@ -23,7 +23,7 @@ from stt.server.audio import SAMPLE_RATE, stream
 from stt.server.batcher import Batcher
 from stt.server.decoding import PieceDecoder
 from stt.server.engine import Transcript, WordTiming
-from stt.server.settings import ServerSettings
+from stt.server.settings import ServerSettings, cuda_devices
 from stt.server.speech import SpeechMap, find_speech, pieces
 from stt.server.weights import resolve_model
 
@@ -65,8 +65,10 @@ class WhisperEngine:
                 device = s.resolved_device()
                 log.info("loading Whisper weights %s on %s (%d worker(s) x %d thread(s), %s)", name, device,
                          s.workers, s.threads_per_worker(), s.resolved_compute_type())
-                model = WhisperModel(path, device=device, compute_type=s.resolved_compute_type(),
-                                     cpu_threads=s.threads_per_worker(), num_workers=s.workers)
+                # On GPUs, one replica per GPU; on the CPU, `workers` replicas.
+                gpus = list(range(max(1, min(s.workers, cuda_devices())))) if device == "cuda" else 0
+                model = WhisperModel(path, device=device, device_index=gpus, compute_type=s.resolved_compute_type(),
+                                     cpu_threads=s.threads_per_worker(), num_workers=1 if device == "cuda" else s.workers)
                 batch = s.max_batch if s.engine_path == "fast" else 1
                 self._batcher = Batcher(model.model, max_batch=batch, threads=s.workers)
                 model.model = self._batcher  # every CTranslate2 call now goes through the batcher
