@@ -72,7 +72,7 @@ def test_streamed_blocks_are_the_decoded_samples(name):
 
 @pytest.fixture(scope="module")
 def long_speech() -> np.ndarray:
-    """~7 minutes of real speech and pauses: longer than one of the VAD's 320 s batches."""
+    """~7 minutes of real speech and pauses: many of the VAD's 32 s batches."""
     rng = np.random.default_rng(3)
     clips = [decode(str(audio_file(n))) for n in CLIPS]
     parts: list[np.ndarray] = []

@@ -2,10 +2,11 @@
 
 faster-whisper's own speech detection (Silero VAD, `vad_filter=True`) needs the whole file
 as one array and builds a second array 1.1 times its size for the model: a 2-hour file
-costs gigabytes. Here the same model runs over the decoded stream in the same batches of
-10,000 frames with the same carried state, so the probabilities, and the speech regions
-computed from them by the same rules, are those faster-whisper would find, while memory
-holds one batch (5.1 M samples, 20 MB).
+costs gigabytes. Here the same model runs over the decoded stream with the same carried
+state, so the probabilities, and the speech regions computed from them by the same rules,
+are those faster-whisper would find (tests compare them), while memory holds one batch.
+Batches of 1,000 windows (32 s) give the same probabilities as faster-whisper's 10,000, a
+little faster, and the model's scratch memory for one is ~20 MB instead of ~190 MB.
 
 The engine then reads the speech back piece by piece (`pieces`): consecutive regions
 grouped up to a length, so a long file is transcribed with one piece in memory at a time
@@ -24,7 +25,7 @@ from stt.server.audio import SAMPLE_RATE, stream
 
 FRAME = 512  # Silero's window at 16 kHz
 _CONTEXT = 64  # samples of the previous window the model sees before each one
-_BATCH = 10_000  # windows per model call, as in faster-whisper (the LSTM state carries over)
+_BATCH = 1_000  # windows per model call (the LSTM state carries over from one call to the next)
 BATCH_SAMPLES = FRAME * _BATCH
 
 
