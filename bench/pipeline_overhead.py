@@ -63,6 +63,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import collections  # noqa: E402
+import cProfile  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -386,11 +387,11 @@ class Tracer:
                 lastans = max(b_ for _, b_ in reqs) if reqs else e
                 nxt = [s0 for bb, (s0, _) in subs.items() if s0 >= e]
                 rows.append((subs.get(b, (s, s))[0], s, first, lastans, e, min(nxt) if nxt else None, b))
-            for sub, s, first, lastans, e, nxt, b in rows:
+            for sub, s, first, lastans, e, next_submit, b in rows:
                 lines.append(f"    batch {b:3d}: start {s - t_start:6.2f} s end {e - t_start:6.2f} s | "
                              f"{1000 * (s - sub):6.0f} ms | {1000 * (first - s):6.0f} ms | "
                              f"{1000 * (e - lastans):6.0f} ms | "
-                             + (f"{1000 * (nxt - e):6.0f} ms" if nxt is not None else "     -"))
+                             + (f"{1000 * (next_submit - e):6.0f} ms" if next_submit is not None else "     -"))
         lines.append("  synchronous steps (wall time, and CPU time of the thread running them):")
         for name in ("plan_upload", "read_bytes", "content_id", "claim", "ledger_write", "success",
                      "ledger_clear", "claim_finish", "write_part", "STTClient()"):
@@ -434,10 +435,8 @@ class ThreadProfiler:
     thread. Deterministic, so it slows Python code down: use it for *where*, not how fast."""
 
     def __init__(self) -> None:
-        import cProfile
-
         self._cProfile = cProfile
-        self.profiles: list = []
+        self.profiles: list[tuple[str, cProfile.Profile]] = []  # (thread name, its profile)
         self._lock = threading.Lock()
 
     def _bootstrap(self, *_):
@@ -445,16 +444,14 @@ class ThreadProfiler:
 
         _sys.setprofile(None)
         pr = self._cProfile.Profile(time.thread_time)
-        pr.thread_name = threading.current_thread().name
         with self._lock:
-            self.profiles.append(pr)
+            self.profiles.append((threading.current_thread().name, pr))
         pr.enable()
 
     def start(self) -> None:
         threading.setprofile(self._bootstrap)
         self._main = self._cProfile.Profile(time.thread_time)
-        self._main.thread_name = threading.current_thread().name
-        self.profiles.append(self._main)
+        self.profiles.append((threading.current_thread().name, self._main))
         self._main.enable()
 
     def stop(self) -> None:
@@ -463,16 +460,15 @@ class ThreadProfiler:
 
     def report(self, n: int, cpu_total: float, top: int = 25) -> str:
         st: dict = {}  # (file, line, func) -> [ncalls, self s, inclusive s]
-        for pr in self.profiles:
+        for _, pr in self.profiles:
             pr.create_stats()
             for k, (cc, nc, tt, ct, _callers) in pr.stats.items():
                 row = st.setdefault(k, [0, 0.0, 0.0])
                 row[0] += nc
                 row[1] += tt
                 row[2] += ct
-        groups: collections.Counter = collections.Counter()
-        for pr in self.profiles:
-            name = pr.thread_name
+        groups: collections.Counter[str] = collections.Counter()
+        for name, pr in self.profiles:
             group = ("main thread (flow engine, flow body)" if name == "MainThread" else
                      "asyncio.to_thread workers (plan_upload, ledger)" if name.startswith("asyncio_") else
                      "Prefect task worker threads (task engine + batch event loop)"
@@ -489,8 +485,8 @@ class ThreadProfiler:
                  f"during the run + main thread): {seen:.2f} s profiled of {cpu_total:.2f} s process CPU "
                  f"(the profiler's own cost included in the latter)"]
         lines.append("  by thread:")
-        for k, v in groups.most_common():
-            lines.append(f"  {v:7.2f} s {1000 * v / n:7.2f} ms/file  {k}")
+        for group_name, cpu in groups.most_common():
+            lines.append(f"  {cpu:7.2f} s {1000 * cpu / n:7.2f} ms/file  {group_name}")
         lines.append(f"  {cpu_total - seen:7.2f} s {1000 * (cpu_total - seen) / n:7.2f} ms/file  not profiled: threads "
                      "started before the run (Prefect's API client, log and event workers), non-Python threads, "
                      "the profiler's own overhead")
@@ -579,7 +575,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         with EmbeddedServer(env=env) as srv:
             print(f"STT server start-up: {time.perf_counter() - t0:.1f} s ({', '.join(f'{k}={v}' for k, v in env.items())})")
-            meter = CpuMeter(srv._proc.pid)
+            assert srv.pid is not None
+            meter = CpuMeter(srv.pid)
 
             # Server warm-up: model, VAD, PyAV, sqlite, connection set-up.
             t0 = time.perf_counter()
@@ -666,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{'1st answer':>10} {'after last':>10} {'long gaps':>14} {'median':>8}")
     print(f"{'':16} {'':>7} {'':>8} {'ms/file':>9} {'ms/file':>11} {'ms/file':>15} {'after s':>10} "
           f"{'answer s':>10} {'n / excess s':>14} {'intv ms':>8}")
-    count = collections.Counter()
+    count: collections.Counter[str] = collections.Counter()
     for ph in phases:
         count[ph.side] += 1
         label = f"{'(b) flow' if ph.side == 'b' else '(a) baseline'} #{count[ph.side]}"
