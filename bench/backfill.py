@@ -32,6 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from prefect.client.schemas.objects import FlowRun  # noqa: E402
 from prefect.deployments import run_deployment  # noqa: E402
 from prefect.settings import PREFECT_API_URL, temporary_settings  # noqa: E402
 
@@ -69,7 +70,26 @@ def sharded(fleet: Fleet, src: Path, out: Path, shards: int) -> float:
     wall = time.perf_counter() - started
     if not (run.state and run.state.is_completed()):
         raise SystemExit(f"backfill ended {run.state}:\n{fleet.log_tail('worker-w1.log')}")
+    timeline(fleet, run)
     return wall
+
+
+def timeline(fleet: Fleet, parent: FlowRun) -> None:
+    """Where the sharded run's time went: each flow run's wait for a worker, start, end."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with temporary_settings({PREFECT_API_URL: fleet.api_url}), get_client(sync_client=True) as client:
+        parent = client.read_flow_run(parent.id)
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id])))
+    t0 = parent.created
+    for run in [parent, *sorted(children, key=lambda r: r.created or t0)]:
+        if t0 is None or run.created is None or run.start_time is None or run.end_time is None:
+            continue
+        print(f"  {run.name:<24} created +{(run.created - t0).total_seconds():6.1f} s  "
+              f"running +{(run.start_time - t0).total_seconds():6.1f} s  "
+              f"ended +{(run.end_time - t0).total_seconds():6.1f} s", flush=True)
 
 
 def main() -> None:
