@@ -68,6 +68,7 @@ def sharded(fleet: Fleet, src: Path, out: Path, shards: int) -> float:
         run = run_deployment("bulkscribe_backfill/backfill", timeout=3600, poll_interval=1,
                              parameters={"source": str(src), "out": str(out), "shards": shards, "poll_s": 1.0})
     wall = time.perf_counter() - started
+    assert isinstance(run, FlowRun)
     if not (run.state and run.state.is_completed()):
         raise SystemExit(f"backfill ended {run.state}:\n{fleet.log_tail('worker-w1.log')}")
     timeline(fleet, run)
@@ -84,7 +85,7 @@ def timeline(fleet: Fleet, parent: FlowRun) -> None:
         children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id])))
     t0 = parent.created
-    for run in [parent, *sorted(children, key=lambda r: r.created or t0)]:
+    for run in [parent, *sorted(children, key=lambda r: r.created.timestamp() if r.created else 0.0)]:
         if t0 is None or run.created is None or run.start_time is None or run.end_time is None:
             continue
         print(f"  {run.name:<24} created +{(run.created - t0).total_seconds():6.1f} s  "
