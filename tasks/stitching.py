@@ -6,8 +6,11 @@ carry audio before that (the last seconds of the previous chunk, when the file i
 diarized). Words are kept from the chunk whose own part holds their midpoint. The words
 both chunks transcribe in the shared seconds tie their speakers together: a speaker of
 the new chunk becomes the file-wide speaker it says the most of those words as, so
-"speaker_0" is the same person at minute 2 and at minute 50. A speaker that shares no
-words with the previous chunk gets a new label.
+"speaker_0" is the same person at minute 2 and at minute 50. A speaker of the chunk who
+says nothing in the shared seconds is taken for one of the file's speakers not yet matched
+in this chunk (the one heard last first), as long as the chunk has no more speakers than the
+file had: only then is a voice new. (A new voice in a chunk where a known one is silent is
+the case this cannot tell apart: words carry no voice.)
 """
 
 from __future__ import annotations
@@ -55,14 +58,16 @@ def stitch(parts: Sequence[tuple[Span, str, list[Word]]]) -> tuple[str, list[Wor
             texts.append(text.strip())
         lo, hi = span.own_start_s, span.end_s if span.end_s is not None else float("inf")
         shifted = [_shift(w, span.start_s) for w in chunk_words]
-        speakers.link(words, [w for w in shifted if _mid(w) < lo])
+        own = [w for w in shifted if lo <= _mid(w) <= hi]
+        speakers.link(words, [w for w in shifted if _mid(w) < lo],
+                      list(dict.fromkeys(w.speaker_id for w in own if w.type == "word" and w.speaker_id)))
         previous_end = words[-1].end if words else 0.0
         for w in shifted:
             if not lo <= _mid(w) <= hi:
                 continue
             start = min(max(w.start, lo, previous_end), hi)
             end = min(max(w.end, start), hi)
-            words.append(Word(text=w.text, start=start, end=end, type=w.type, speaker_id=speakers.label(w.speaker_id)))
+            words.append(Word(text=w.text, start=start, end=end, type=w.type, speaker_id=speakers.label(w)))
             previous_end = end
     return " ".join(texts), words
 
@@ -81,33 +86,48 @@ class _Speakers:
     def __init__(self) -> None:
         self.count = 0
         self.local: dict[str, str] = {}  # the current chunk's label -> file-wide label
+        self.last_heard: dict[str, float] = {}  # file-wide label -> when it last spoke
 
-    def link(self, kept: list[Word], shared: list[Word]) -> None:
-        """Start a new chunk: map its speakers by the words it shares with what is kept."""
-        votes: dict[tuple[str, str], float] = {}
-        for w in shared:
-            if w.type != "word" or w.speaker_id is None:
-                continue
-            for k in reversed(kept):
-                if k.end <= w.start:
-                    break
-                both = min(k.end, w.end) - max(k.start, w.start)
-                if both > 0 and k.speaker_id is not None and k.type == "word":
-                    votes[(w.speaker_id, k.speaker_id)] = votes.get((w.speaker_id, k.speaker_id), 0.0) + both
+    def link(self, kept: list[Word], shared: list[Word], chunk_speakers: list[str]) -> None:
+        """Start a new chunk: map its speakers by the words it shares with what is kept, then
+        its other speakers to the file's speakers it does not map yet, who spoke last first,
+        as long as the chunk has no more speakers than the file so far (more: new voices)."""
+        votes = _votes(kept, shared)
         self.local = {}
-        taken: set[str] = set()
         for (mine, theirs), _ in sorted(votes.items(), key=lambda kv: -kv[1]):
-            if mine not in self.local and theirs not in taken:
+            if mine not in self.local and theirs not in self.local.values():
                 self.local[mine] = theirs
-                taken.add(theirs)
+        free = sorted((g for g in self.last_heard if g not in self.local.values()),
+                      key=lambda g: -self.last_heard[g])
+        for mine in chunk_speakers:
+            if mine not in self.local and free:
+                self.local[mine] = free.pop(0)
 
-    def label(self, local: str | None) -> str | None:
+    def label(self, word: Word) -> str | None:
+        local = word.speaker_id
         if local is None:
             return None
         if local not in self.local:
             self.local[local] = f"speaker_{self.count}"
             self.count += 1
+        if word.type == "word":
+            self.last_heard[self.local[local]] = word.end
         return self.local[local]
+
+
+def _votes(kept: list[Word], shared: list[Word]) -> dict[tuple[str, str], float]:
+    """Seconds each (new chunk's speaker, file-wide speaker) pair say the same words at the same time."""
+    votes: dict[tuple[str, str], float] = {}
+    for w in shared:
+        if w.type != "word" or w.speaker_id is None:
+            continue
+        for k in reversed(kept):
+            if k.end <= w.start:
+                break
+            both = min(k.end, w.end) - max(k.start, w.start)
+            if both > 0 and k.speaker_id is not None and k.type == "word":
+                votes[(w.speaker_id, k.speaker_id)] = votes.get((w.speaker_id, k.speaker_id), 0.0) + both
+    return votes
 
 
 def merge_answers(parts: Sequence[tuple[Span, Answer]]) -> Answer:

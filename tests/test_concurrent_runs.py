@@ -27,8 +27,10 @@ from tests.conftest import REPO, distinct_copy
 
 @pytest.fixture(scope="module")
 def prefect_url():
-    with temporary_prefect_api() as url:
-        yield url
+    from prefect.settings import get_current_settings
+
+    with temporary_prefect_api() as url:  # None: one is configured already (the session's)
+        yield url or get_current_settings().api.url
 
 
 def _env(prefect_url: str | None = None, **extra: str) -> dict[str, str]:

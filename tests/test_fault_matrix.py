@@ -45,8 +45,10 @@ MODELS = {"sync": "Wizper", "async": "Elevenlabs-STT"}
 
 @pytest.fixture(scope="module")
 def prefect_url():
-    with temporary_prefect_api() as url:
-        yield url
+    from prefect.settings import get_current_settings
+
+    with temporary_prefect_api() as url:  # None: one is configured already (the session's)
+        yield url or get_current_settings().api.url
 
 
 @dataclass

@@ -35,10 +35,12 @@ def test_stitch_offsets_order_and_drops():
     assert [(w.text, round(w.start, 6), round(w.end, 6), w.type, w.speaker_id) for w in words] == [
         ("hello", 0.5, 1.0, "word", "speaker_0"),
         ("there", 1.1, 1.6, "word", "speaker_1"),
-        ("middle", 10.0, 10.4, "word", "speaker_2"),  # chunks that share no audio share no speakers
+        # Chunks that share no audio: a chunk with no more speakers than the file so far
+        # takes its speaker for the file's speaker heard last.
+        ("middle", 10.0, 10.4, "word", "speaker_1"),
         ("the", 20.2, 20.5, "word", None),
         (" ", 20.5, 20.6, "spacing", None),
-        ("end", 20.6, 20.9, "word", "speaker_3"),
+        ("end", 20.6, 20.9, "word", "speaker_1"),
     ]
     assert parts[0][2][0].start == 0.5 and parts[0][2][0].speaker_id == "speaker_0"  # inputs untouched
 
@@ -96,3 +98,20 @@ def test_merged_answer_of_a_diarized_file_has_turns_from_the_file_wide_speakers(
         ("Speaker 1", "hi", 1.0, 1.5), ("Speaker 2", "yes ok", 7.0, 12.5)]
     assert merged.metadata.actualDuration == pytest.approx(20 / 60)  # the file, not the sum of chunks
     assert merged.metadata.cost == pytest.approx(0.03 * 24 / 60)    # every chunk is paid
+
+
+def test_a_speaker_silent_in_the_overlap_is_one_of_the_files_and_more_voices_are_new():
+    c0, c1, c2 = _chunk(0, 0.0, 10.0), _chunk(1, 6.0, 20.0, own_start=10.0), _chunk(2, 16.0, 30.0, own_start=20.0)
+    a, b, c = "speaker_0", "speaker_1", "speaker_2"
+    parts = [
+        (c0, "", [W("one", 1.0, 1.5, speaker=a), W("two", 3.0, 3.5, speaker=b)]),
+        # nobody speaks in the overlap (6-10 s): its voices are the file's, the one heard last first
+        (c1, "", [W("three", 5.0, 5.5, speaker=b), W("four", 8.0, 8.5, speaker=a)]),
+        # only the voice heard last speaks in the overlap; then two voices: one new
+        (c2, "", [W("four", 0.0, 0.5, speaker=a), W("five", 5.0, 5.5, speaker=a), W("six", 8.0, 8.5, speaker=b),
+                  W("seven", 9.0, 9.5, speaker=c)]),
+    ]
+    _, words = stitch(parts)
+    assert [(w.text, w.speaker_id) for w in words] == [
+        ("one", "speaker_0"), ("two", "speaker_1"), ("three", "speaker_1"), ("four", "speaker_0"),
+        ("five", "speaker_0"), ("six", "speaker_1"), ("seven", "speaker_2")]
