@@ -195,15 +195,16 @@ def _batch_config(settings: Settings, out: str, run_id: str, endpoint: Endpoint,
 
 
 def _batches(files: Iterable[AudioFile], size: int, parallel: int) -> Iterator[list[AudioFile]]:
-    """Batches as discovery yields files. The first is smaller so that the batches in
-    flight do not all end (and restart, with an idle moment) at once."""
+    """Batches as discovery yields files, growing from a small first one (doubling up to
+    `size`): a small run (a backfill's shard) still fills every parallel slot, and the
+    batches in flight do not all end (and restart, with an idle moment) at once."""
     batch: list[AudioFile] = []
-    first = max(1, size // max(1, parallel))
+    target = max(1, size // (2 * max(1, parallel)))
     for f in files:
         batch.append(f)
-        if len(batch) >= (first if first else size):
+        if len(batch) >= target:
             yield batch
-            batch, first = [], 0
+            batch, target = [], min(size, target * 2)
     if batch:
         yield batch
 
