@@ -21,8 +21,9 @@ The wall time of each `bulkscribe run` is measured whole (start-up of Prefect an
 server included, ~20 s) and, separately, from the first to the last transcript the run
 recorded (`transcribed_at`), the part that grows with the number of files.
 
-Printed: for each run files/s (whole run and transcribing), failures, the speech clips'
-mean word error rate against their references (characters for zh/ja, after lower-casing
+Printed: for each run files/s (whole run and transcribing), the embedded server's CPU
+seconds per file (sampled from /proc: less disturbed than wall time when other processes
+load the machine), failures, the speech clips' mean word error rate against their references (characters for zh/ja, after lower-casing
 and stripping punctuation) and how many no-speech files got any text; then the
 number of speech clips whose text differs between the runs, and as the very last line
 `ratio=<after/before files/s over the whole run, 3 decimals>` (goal >= 3; the WER must
@@ -168,18 +169,50 @@ class Run:
     label: str
     wall_s: float
     transcribing_s: float
+    server_cpu_s: float
     texts: dict[str, str]
     failures: int
 
 
+def _servers(pid: int) -> list[int]:
+    """The embedded STT servers `pid` started (not its Prefect API server)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if parent == pid and b"stt.server" in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+def _cpu_s(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_cli(label: str, engine_path: str, folder: Path, out: Path) -> Run:
+    """One `bulkscribe run`; the CPU time of the server it starts is sampled twice a second
+    (a measure that the load of other processes on a shared machine disturbs less than wall time)."""
     env = {**os.environ, "BULKSCRIBE_SERVER_ENGINE_PATH": engine_path}
     cmd = [str(REPO_ROOT / ".venv" / "bin" / "bulkscribe"), "run", str(folder), "--out", str(out), "--language", "auto"]
     started = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server_cpu: dict[int, float] = {}
+    while proc.poll() is None:
+        for child in _servers(proc.pid):
+            if (cpu := _cpu_s(child)) is not None:
+                server_cpu[child] = cpu
+        time.sleep(0.5)
+    output = proc.stdout.read() if proc.stdout else ""
     wall = time.perf_counter() - started
     if proc.returncode != 0:
-        sys.exit(f"{label}: bulkscribe run exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        sys.exit(f"{label}: bulkscribe run exited {proc.returncode}\n{output[-3000:]}")
     import polars as pl
 
     table = pl.read_parquet(str(out / "transcripts" / "**" / "*.parquet"))
@@ -188,7 +221,7 @@ def run_cli(label: str, engine_path: str, folder: Path, out: Path) -> Run:
     stamps = table["transcribed_at"].sort()
     span = (stamps[-1] - stamps[0]).total_seconds() if table.height > 1 else wall
     texts = {Path(s).name: (t or "") for s, t in zip(table["source"], table["text"])}
-    return Run(label, wall, span, texts, failed)
+    return Run(label, wall, span, sum(server_cpu.values()), texts, failed)
 
 
 def report(run: Run, clips: list[Clip]) -> float:
@@ -197,7 +230,8 @@ def report(run: Run, clips: list[Clip]) -> float:
     talking_noise = sum(1 for c in clips if c.source is None and run.texts.get(c.name, "").strip())
     mean_wer = statistics.mean(errors) if errors else 0.0
     print(f"{run.label:7} files/s {len(clips) / run.wall_s:6.2f} whole run ({run.wall_s:7.1f} s), "
-          f"{len(clips) / run.transcribing_s:6.2f} transcribing ({run.transcribing_s:7.1f} s); "
+          f"{len(clips) / run.transcribing_s:6.2f} transcribing ({run.transcribing_s:7.1f} s); server CPU "
+          f"{run.server_cpu_s / len(clips):5.2f} s per file; "
           f"transcribed {len(run.texts)}, failed {run.failures}; speech WER {mean_wer * 100:5.2f} % "
           f"over {len(errors)} clips; no-speech files with text: {talking_noise}")
     return mean_wer
@@ -223,8 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     differ = sum(1 for c in clips if c.source is not None and before.texts.get(c.name) != after.texts.get(c.name))
     print(f"speech clips whose text differs between the runs: {differ} of {n_speech}; "
           f"WER change {(wer_after - wer_before) * 100:+.2f} points (limit +0.50)")
-    print(f"transcribing-phase ratio: {before.transcribing_s / after.transcribing_s:.3f}; loadavg now "
-          f"{os.getloadavg()[0]:.2f}")
+    print(f"transcribing-phase ratio: {before.transcribing_s / after.transcribing_s:.3f}; server CPU ratio "
+          f"{before.server_cpu_s / max(after.server_cpu_s, 1e-9):.3f}; loadavg now {os.getloadavg()[0]:.2f}")
     print(f"ratio={before.wall_s / after.wall_s:.3f}")
     return 0
 
