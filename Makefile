@@ -37,6 +37,7 @@ demo: install
 	print(pl.scan_parquet('out/transcripts/**/*.parquet').select('source', 'language', 'duration_s', 'text').collect())"
 
 test: install-dev
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest
 
 # Every benchmark in bench/ (or only those named: make bench BENCH="parquet_write scale"),

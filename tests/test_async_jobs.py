@@ -166,6 +166,7 @@ def test_killed_flow_resumes_polling_and_pays_no_job_twice(tmp_path):
             raise AssertionError("jobs were not all submitted in time")
         os.killpg(proc.pid, signal.SIGKILL)  # the flow dies mid-poll
         proc.wait()
+        proc.stdout.close()
         jobs_paid = [c for c in charges(srv) if c["kind"] == "job"]
         assert len(jobs_paid) == 4
         balance_after_kill = balance(srv)

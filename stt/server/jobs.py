@@ -16,23 +16,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from stt.contract import Diarization, Segment, StatusResponse, Word
 from stt.server.admission import Admission, Ticket
 from stt.server.audio import AudioDecodeError, decode
-from stt.server.engine import Engine, Transcript
+from stt.server.engine import Engine
+from stt.server.job_result import build_result
 from stt.server.billing import Bill
 from stt.server.store import Job, Store
 
+if TYPE_CHECKING:
+    from stt.server.diarize import Diarizer
+
 log = logging.getLogger("bulkscribe.server.jobs")
 
-_MIN_WORD_S = 0.02
 
 
 class JobRunner:
@@ -47,7 +48,7 @@ class JobRunner:
         self.retention = retention
         self._queue: asyncio.Queue[tuple[str, Ticket]] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
-        self._diarizer = None
+        self._diarizer: Diarizer | None = None
         self._diarizer_lock = threading.Lock()
 
     async def start(self, workers: int) -> None:
@@ -111,12 +112,14 @@ class JobRunner:
 
     def _process(self, job: Job) -> dict[str, Any]:
         p = job.params
+        if job.audio_path is None:
+            raise AudioDecodeError("the job's audio is gone")
         # The diarizer needs the whole array; without it the engine streams the file (flat memory).
         audio = decode(job.audio_path) if p.get("diarize") or p.get("tag_audio_events") else None
         transcript = self.engine.transcribe(job.audio_path if audio is None else audio, accurate=True,
                                             language=p.get("language"), word_timestamps=True)
         turns = events = None
-        if p.get("diarize") or p.get("tag_audio_events"):
+        if audio is not None:
             try:
                 diarizer = self._get_diarizer()
                 if p.get("diarize"):
@@ -132,12 +135,12 @@ class JobRunner:
         body["metadata"] = job_bill(job).metadata(transcript.language, self.engine.weights_name)
         return body
 
-    def _get_diarizer(self):
+    def _get_diarizer(self) -> Diarizer:
         with self._diarizer_lock:
             if self._diarizer is None:
-                from stt.server.diarize import Diarizer
+                from stt.server.diarize import Diarizer as Loaded
 
-                self._diarizer = Diarizer()
+                self._diarizer = Loaded()
             return self._diarizer
 
 
@@ -148,75 +151,3 @@ def job_bill(job: Job) -> Bill:
 
 class DiarizationUnavailable(RuntimeError):
     pass
-
-
-@dataclass
-class _W:
-    text: str
-    start: float
-    end: float
-    type: str
-    speaker: int | None = None
-
-
-def build_result(t: Transcript, *, turns=None, events=None) -> dict[str, Any]:
-    """The completed-job body (without metadata) from a transcript and optional speakers/events."""
-    from_turns = turns is not None
-    words: list[_W] = []
-    prev_end = 0.0
-    for w in t.words:
-        text = w.text.strip()
-        if not text:
-            continue
-        start = max(w.start, prev_end)  # increasing, never overlapping the previous word
-        end = max(w.end, start + _MIN_WORD_S)
-        words.append(_W(text, round(start, 3), round(end, 3), "word"))
-        prev_end = end
-
-    if from_turns:
-        from stt.server.diarize import assign_speakers
-
-        raw = assign_speakers(turns, [(w.start, w.end) for w in words])  # overlap: the dominant voice
-        order: dict[int, int] = {}  # renumber by first spoken word: speaker_0 talks first
-        for s in raw:
-            if s is not None and s not in order:
-                order[s] = len(order)
-        for w, s in zip(words, raw):
-            w.speaker = order.get(s, 0) if s is not None else 0
-
-    entries: list[_W] = []
-    for w in words:
-        if entries and entries[-1].type == "word":
-            gap_start = entries[-1].end
-            entries.append(_W(" ", gap_start, max(gap_start, w.start), "spacing",
-                              w.speaker if entries[-1].speaker == w.speaker else entries[-1].speaker))
-        entries.append(w)
-    for ev in events or ():
-        label = ev.label.strip("()[] ").lower()
-        entries.append(_W(f"({label})", round(ev.start, 3), round(max(ev.end, ev.start + _MIN_WORD_S), 3),
-                          "audio_event", None))
-    entries.sort(key=lambda e: (e.start, 0 if e.type == "audio_event" else 1))
-
-    segments: list[Segment] = []
-    if from_turns:
-        for w in words:
-            label = f"Speaker {w.speaker + 1}"
-            if segments and segments[-1].speaker == label:
-                seg = segments[-1]
-                seg.text = f"{seg.text} {w.text}"
-                seg.end = w.end
-            else:
-                segments.append(Segment(speaker=label, text=w.text, start=w.start, end=w.end))
-        transcription = " ".join(f"{s.speaker}: {s.text}" for s in segments)
-    else:
-        transcription = t.text
-
-    response = StatusResponse(
-        status="completed",
-        transcription=transcription,
-        words=[Word(text=e.text, start=e.start, end=e.end, type=e.type,
-                    speaker_id=f"speaker_{e.speaker}" if from_turns and e.speaker is not None else None)
-               for e in entries],
-        diarization=Diarization(segments=segments) if from_turns else None,
-    )
-    return response.model_dump(exclude_none=True)
