@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{c.name:34} {c.duration_s:7.2f} {a:7.3f} {b:7.3f} {b - a:+7.3f} {a / b:7.3f}  "
               f"{'yes' if c.a_text == c.b_text else 'NO'}")
     print()
-    print(f"(a) direct faster-whisper: {thr['a']:.2f} audio-s/wall-s  "
+    print(f"(a) direct engine        : {thr['a']:.2f} audio-s/wall-s  "
           f"(CPU {statistics.mean(cpus['a']):.2f} s/pass in this process)")
     print(f"(b) embedded server HTTP : {thr['b']:.2f} audio-s/wall-s  "
           f"(CPU {statistics.mean(cpus['b']):.2f} s/pass in the server process)")
