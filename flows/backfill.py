@@ -42,6 +42,8 @@ SHARD_DEPLOYMENT = "transcribe_archive/shard"
 #: A shard run that says Running with no lease yet is given this long to write it (it does so
 #: first thing, before reading OUT or starting a server).
 START_GRACE_S = 60.0
+#: A Running shard without a lease must stay so this long to count as dead.
+MISSING_GRACE_S = 30.0
 #: A shard run a worker took (Pending) but never started: that worker died while starting it.
 PENDING_GRACE_S = 90.0
 _MAX_ATTEMPTS = 20
@@ -139,6 +141,9 @@ class Liveness:
 
     claims: Claims
     pending_grace_s: float = PENDING_GRACE_S
+    #: When each Running shard was first seen without a lease (a run removes its lease as it
+    #: ends, a moment before it says Completed: one look is not enough).
+    missing_since: dict[str, float] = field(default_factory=dict)
 
     def dead(self, run: FlowRun) -> bool:
         state = run.state
@@ -152,8 +157,11 @@ class Liveness:
         """Its lease in OUT is fresh and its pid is there (where this machine can tell)."""
         lease = self.claims.lease(str(run.id))
         if lease is None:
+            now = time.time()
+            missing = now - self.missing_since.setdefault(str(run.id), now)
             started = run.start_time or run.expected_start_time
-            return started is None or time.time() - started.timestamp() < START_GRACE_S
+            return missing < MISSING_GRACE_S or started is None or now - started.timestamp() < START_GRACE_S
+        self.missing_since.pop(str(run.id), None)
         owner = Owner(str(run.id), str(lease.get("host", "")), int(lease.get("pid", 0)),
                       str(lease.get("pid_start", "")))
         return not owner.gone() and time.time() - float(lease.get("alive", 0)) < STALE_AFTER_S
