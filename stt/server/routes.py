@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from stt.contract import SYNC_MODELS, BalanceResponse, StatusRequest
+from stt.contract import BalanceResponse, StatusRequest
 from stt.server.errors import APIError
 from stt.server.idempotency import replayable, request_hash
 from stt.server.request import read_json_body, read_transcribe_request
