@@ -119,7 +119,8 @@ def run_one(name: str, logs: Path) -> Result:
     t0 = time.perf_counter()
     with open(result.log, "w") as log:
         proc = subprocess.Popen([sys.executable, str(BENCH_DIR / f"{name}.py")], cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})  # the log fills as it runs
         timed_out = _watch(proc, log, result, spec.timeout_s)
     result.seconds = time.perf_counter() - t0
     result.problem = _problem(result, proc.returncode, timed_out)
