@@ -31,7 +31,20 @@ def task_runner_for(settings: Settings) -> TaskRunner[Any]:
         return _dask(settings)
     if settings.task_runner == "ray":
         return _ray(settings)
-    return ThreadPoolTaskRunner(max_workers=settings.parallel_batches)
+    return InterruptibleThreadPoolTaskRunner(max_workers=settings.parallel_batches)
+
+
+class InterruptibleThreadPoolTaskRunner(ThreadPoolTaskRunner):  # type: ignore[type-arg]
+    """Prefect's thread pool, except that a run ended by an exception (SIGTERM, Ctrl-C) does
+    not wait for the batches in flight: their requests may take minutes, and what they
+    sent is in OUT's ledger for the next run."""
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        if exc_type is not None and self._executor is not None:
+            self.cancel_all()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        super().__exit__(exc_type, exc_value, traceback)
 
 
 def distributed(settings: Settings) -> bool:

@@ -37,6 +37,7 @@ from flows.artifacts import ProgressArtifact, publish_failures, publish_summary,
 from flows.dry_run import dry_run as plan_dry_run
 from flows.endpoint import api_endpoint, check_access
 from flows.errors import NothingTranscribed, RunAborted
+from flows.interrupts import arm_in_flow
 from flows.preflight import check_storage, settings_problems
 from flows.progress import Progress
 from flows.runners import BudgetShares, distributed, task_runner_for
@@ -63,6 +64,7 @@ def transcribe_archive(source: str, out: str, model: str | None = None, language
     """Transcribe what OUT does not hold yet. `shard_index`/`shard_count`: only the files whose
     stable path hash falls in this shard (see flows.backfill). `settings`: non-secret overrides,
     e.g. {"concurrency": 8}. Ends Failed when files were pending and none could be transcribed."""
+    arm_in_flow()
     run_settings = load_settings(config, settings, model=model, language=language)
     filters = DiscoveryFilter(include=tuple(include or ()), exclude=tuple(exclude or ()),
                               modified_since=modified_since, modified_before=modified_before, max_files=max_files)

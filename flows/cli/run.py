@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import threading
 from datetime import datetime
-from types import FrameType
 from typing import Any
 
 from flows.errors import EXIT_NOTHING_DONE, EXIT_SOME_FAILED
@@ -90,26 +87,6 @@ def _fail(lines: list[str]) -> int:
 
 #: After SIGTERM, how long the run may take to record its end before the process exits anyway.
 TERM_GRACE_S = 10.0
-_INTERRUPTED = "bulkscribe: interrupted; re-run the same command to resume"
-
-
-def _stop_on_sigterm() -> None:
-    """SIGTERM (systemd, cron's timeout, a container stop) ends the run like Ctrl-C: the flow
-    run is marked as ended. Requests in flight are not waited for: if the run has not ended
-    within TERM_GRACE_S, the process exits anyway (what was sent is in OUT's ledger, and the
-    next run picks it up; the servers the run started die with it)."""
-
-    def hard_exit() -> None:
-        print(_INTERRUPTED, file=sys.stderr, flush=True)
-        os._exit(130)
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        timer = threading.Timer(TERM_GRACE_S, hard_exit)
-        timer.daemon = True
-        timer.start()
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, stop)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -131,11 +108,15 @@ def main(args: argparse.Namespace) -> int:
     problems = preflight(args.source, args.out, settings)
     if problems:
         return _fail(problems)
-    _stop_on_sigterm()
+    from flows.interrupts import stop_on_sigterm
+
+    stop_on_sigterm(TERM_GRACE_S)
     try:
         return _run(args, settings)
     except KeyboardInterrupt:
-        print(_INTERRUPTED, file=sys.stderr)
+        from flows.interrupts import INTERRUPTED
+
+        print(INTERRUPTED, file=sys.stderr)
         return 130
 
 
