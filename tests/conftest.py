@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 import os
+import urllib.request
 import re
 import socket
 import unicodedata
@@ -181,8 +182,11 @@ def s3_server():
         port = free_port()
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         server.start()
+        url = f"http://127.0.0.1:{port}"
+        # moto's buckets live in the test process, shared by every module's server: start empty
+        urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"), timeout=30).close()
         try:
-            yield f"http://127.0.0.1:{port}"
+            yield url
         finally:
             server.stop()
 

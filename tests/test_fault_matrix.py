@@ -91,11 +91,11 @@ def _kill_mid_run(proc: subprocess.Popen, out: Path) -> dict[str, str]:
         if any(s == "answered" for s in states.values()):
             proc.send_signal(signal.SIGKILL)
             proc.wait()
+            if proc.stdout:
+                proc.stdout.close()  # the killed run's pipe: closed, not left to the garbage collector
             return _ledger_states(out)
         time.sleep(0.02)
     pytest.fail(f"the run ended before it could be killed mid-run:\n{proc.communicate()[0][-3000:]}")
-
-
 
 
 def _table(out: Path, name: str) -> pl.DataFrame:
