@@ -30,7 +30,13 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.states import Crashed
 
-from flows.artifacts import SUMMARY_DESCRIPTION, SUMMARY_FIELDS, publish_summary, read_summary, redact
+from flows.artifacts import (
+    SUMMARY_DESCRIPTION,
+    SUMMARY_FIELDS,
+    publish_summary,
+    read_summary,
+    redact,
+)
 from flows.errors import RunAborted
 from flows.preflight import check_storage
 from flows.shards import ShardBy, ShardPlanError, plan_shards, shard_key
@@ -177,7 +183,11 @@ def _mark_crashed(run_id: UUID) -> None:
 def _shard_totals(run_id: UUID) -> dict[str, float]:
     """A finished shard's summary, read back from its table artifact."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterType,
+    )
 
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(

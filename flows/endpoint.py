@@ -14,8 +14,8 @@ from flows.errors import RunAborted
 from flows.file_server import serve_files
 from stt import errors
 from tasks.endpoint import Endpoint
-from tasks.storage import is_remote, s3_endpoint
 from tasks.retry import RetryPolicy
+from tasks.storage import is_remote, s3_endpoint
 
 
 def api_key(settings: Settings) -> SecretStr | None:

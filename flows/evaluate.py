@@ -34,7 +34,7 @@ from flows.transcribe_archive import run_with_settings
 from stt.contract import ASYNC_MODELS
 from tasks import quality, storage
 from tasks.analytics import Out
-from tasks.rows import schema_of
+from tasks.rows import Turn, schema_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +154,7 @@ def score_model(out: Out, refs: dict[str, quality.Reference], model: str, run: M
     rows = []
     for source, ref in refs.items():
         t = transcripts.get(source)
-        turns = [quality.Turn(s["start"], s["end"], s["speaker"])
+        turns = [Turn(s["start"], s["end"], s["speaker"])
                  for s in segments.filter(pl.col("source") == source).iter_rows(named=True)]
         rtf = run.rtf if run is not None and t is not None and t["run_id"] == run.run_id else None
         rows.append(score_file(ref, model, t, spoken.get(source), turns, rtf, evaluation_id, now))
@@ -162,7 +162,7 @@ def score_model(out: Out, refs: dict[str, quality.Reference], model: str, run: M
 
 
 def score_file(ref: quality.Reference, model: str, transcript: dict[str, Any] | None, spoken: str | None,
-               turns: list[quality.Turn], rtf: float | None, evaluation_id: str, now: datetime) -> QualityRow:
+               turns: list[Turn], rtf: float | None, evaluation_id: str, now: datetime) -> QualityRow:
     """The hypothesis is the file's spoken words when the model gave word timings (no
     speaker labels, no audio events), else the transcript's text."""
     empty: dict[str, Any] = dict(wer=None, cer=None, der=None, ref_words=None, word_errors=None, ref_chars=None,

@@ -29,7 +29,7 @@ def _handler(root: str, token: str) -> type[http.server.BaseHTTPRequestHandler]:
     prefix = f"/{token}/"
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        def do_GET(self) -> None:
             path = self._resolve()
             if path is None:
                 self.send_error(404)
@@ -51,7 +51,7 @@ def _handler(root: str, token: str) -> type[http.server.BaseHTTPRequestHandler]:
             path = os.path.join(root, rel)
             return path if os.path.isfile(path) else None
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             pass  # the path holds the token: never logged
 
     return Handler

@@ -20,7 +20,6 @@ from flows.errors import RunAborted
 from tasks import storage
 from tasks.retry import RetryPolicy
 
-
 #: Settings whose flag is not their name.
 _FLAGS = {"budget_usd": "--budget", "requests_per_second": "--rps"}
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 ShardBy = Literal["hash", "time", "prefix"]
@@ -33,7 +33,7 @@ class ShardPlanError(ValueError):
 def _iso(value: datetime | None) -> str | None:
     if value is None:
         return None
-    return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).isoformat()
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
 
 
 def plan_shards(source: str, out: str, shards: int, shard_by: ShardBy = "hash",
@@ -60,7 +60,7 @@ def time_slices(since: datetime | None, before: datetime | None, n: int) -> list
     """`n` equal, adjacent slices of [since, before)."""
     if since is None or before is None:
         raise ShardPlanError("shard_by=time needs both modified_since and modified_before")
-    since, before = (d if d.tzinfo else d.replace(tzinfo=timezone.utc) for d in (since, before))
+    since, before = (d if d.tzinfo else d.replace(tzinfo=UTC) for d in (since, before))
     if before <= since:
         raise ShardPlanError("modified_before must be after modified_since")
     step = (before - since) / n

@@ -45,10 +45,10 @@ from flows.summary import RunSummary
 from tasks.batch import BatchResult, transcribe_batch
 from tasks.batch_config import BatchConfig, job_options
 from tasks.budget import Budget
+from tasks.claims import Owner, RunLease
 from tasks.discovery import AudioFile, DiscoveryFilter
 from tasks.endpoint import Endpoint
 from tasks.limits import request_limiter
-from tasks.claims import Owner, RunLease
 from tasks.resume import DiscoveryCounts, ResumeState, pending_files
 
 _preloaded: contextvars.ContextVar[Settings | None] = contextvars.ContextVar("bulkscribe_settings", default=None)

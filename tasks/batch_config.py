@@ -14,7 +14,6 @@ from tasks.identity import JobOptions
 from tasks.retry import RetryPolicy
 from tasks.upload import UploadPolicy
 
-
 #: What two chunks of a diarized file share, to tie their speakers together.
 CHUNK_OVERLAP_S = 30.0
 

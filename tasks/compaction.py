@@ -31,7 +31,14 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from tasks import storage, tables
-from tasks.compaction_log import COMPACTED_PREFIX, CompactionLog, Generation, is_compacted, now_utc, relative
+from tasks.compaction_log import (
+    COMPACTED_PREFIX,
+    CompactionLog,
+    Generation,
+    is_compacted,
+    now_utc,
+    relative,
+)
 from tasks.rows import SCHEMAS
 
 TARGET_BYTES = 128 * 1024 * 1024

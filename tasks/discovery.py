@@ -16,7 +16,7 @@ import re
 import stat
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +34,7 @@ AUDIO_EXTENSIONS = (".mp3", ".wav", ".m4a", ".aac", ".ogg", ".oga", ".opus", ".f
 
 # S3's own maximum page; a named constant so tests can exercise paging with few objects.
 S3_PAGE_SIZE = 1000
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)  # slots: ~100 B less per file when a caller keeps them
@@ -83,8 +83,8 @@ def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 def _from_ns(ns: int) -> datetime:
@@ -389,7 +389,7 @@ def _info_mtime(info: dict[str, Any]) -> datetime | None:
         if isinstance(value, datetime):
             return _utc(value)
         if isinstance(value, (int, float)):
-            return datetime.fromtimestamp(value, tz=timezone.utc)
+            return datetime.fromtimestamp(value, tz=UTC)
         if isinstance(value, str):
             try:
                 return _utc(datetime.fromisoformat(value.replace("Z", "+00:00")))

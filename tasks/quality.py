@@ -37,18 +37,12 @@ from fsspec.core import strip_protocol
 
 from tasks import storage
 from tasks.discovery import DiscoveryFilter, discover
+from tasks.rows import Turn
 
 COLLAR_S = 0.25
 NO_SPACE_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "km", "my", "bo", "yue", "cmn", "jpn", "tha"})
 #: Manifests picked up from SOURCE when no --references is given (besides same-stem .txt).
 MANIFEST_NAMES = ("references.csv", "references.json", "manifest.csv", "manifest.json")
-
-
-@dataclass(frozen=True)
-class Turn:
-    start: float
-    end: float
-    speaker: str
 
 
 @dataclass(frozen=True)

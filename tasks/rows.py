@@ -108,6 +108,15 @@ class SegmentRow(_Row):
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """A speaker turn as read back from the segments table (or a reference RTTM): who spoke when."""
+
+    start: float
+    end: float
+    speaker: str
+
+
 TranscriptRow.SCHEMA = schema_of(TranscriptRow)
 FailureRow.SCHEMA = schema_of(FailureRow)
 SegmentRow.SCHEMA = schema_of(SegmentRow)

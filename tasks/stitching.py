@@ -18,7 +18,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from stt.contract import Diarization, Metadata, Segment, StatusResponse, TranscribeResponse, Word
+from stt.contract import (
+    Diarization,
+    Metadata,
+    Segment,
+    StatusResponse,
+    TranscribeResponse,
+    Word,
+)
 
 Answer = StatusResponse | TranscribeResponse
 

@@ -24,6 +24,8 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
+from tasks.rows import Turn
+
 MAX_CUE_S = 7.0
 MAX_LINE_CHARS = 42
 MAX_LINES = 2
@@ -41,13 +43,6 @@ class Token:
     end: float
     type: str = "word"
     speaker: str | None = None
-
-
-@dataclass(frozen=True)
-class Turn:
-    start: float
-    end: float
-    speaker: str
 
 
 @dataclass(frozen=True)

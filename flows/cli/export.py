@@ -61,7 +61,8 @@ def batches(out: Any, chosen: Any) -> Iterator[tuple[list[dict[str, Any]], dict[
     """The chosen transcripts a few hundred sources at a time, with their words and turns."""
     import polars as pl
 
-    from tasks.subtitles import Token, Turn
+    from tasks.rows import Turn
+    from tasks.subtitles import Token
 
     for offset in range(0, chosen.height, SOURCES_PER_READ):
         rows = chosen.slice(offset, SOURCES_PER_READ)
