@@ -11,8 +11,10 @@ from __future__ import annotations
 import importlib.util
 import io
 import multiprocessing
+import re
 import sys
 import time
+import unicodedata
 import wave
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
@@ -137,3 +139,25 @@ def wav_bytes(pcm: np.ndarray, sample_rate: int) -> bytes:
         w.setframerate(sample_rate)
         w.writeframes(pcm.astype(np.int16).tobytes())
     return buf.getvalue()
+
+
+#: Languages written without spaces between words: their error rate counts characters.
+UNSPACED = frozenset({"zh", "ja", "th", "lo", "km", "my", "bo", "yue"})
+
+
+def words(text: str, language: str | None = None) -> list[str]:
+    """NFKC, lower case, punctuation (but apostrophes) dropped; characters for UNSPACED languages."""
+    text = re.sub(r"[^\w\s']", " ", unicodedata.normalize("NFKC", text).lower())
+    return [c for c in text if not c.isspace()] if language in UNSPACED else text.split()
+
+
+def wer(reference: str, hypothesis: str, language: str | None = None) -> float:
+    """Word (or character) error rate: edit distance over the reference's length."""
+    ref, hyp = words(reference, language), words(hypothesis, language)
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1] / max(1, len(ref))

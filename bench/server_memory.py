@@ -28,12 +28,10 @@ import functools
 import http.server
 import json
 import os
-import re
 import sys
 import tempfile
 import threading
 import time
-import unicodedata
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +43,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench._common import wer  # noqa: E402
 from stt.server.audio import SAMPLE_RATE, decode  # noqa: E402
 from stt.server.launcher import EmbeddedServer, allow_entry  # noqa: E402
 
@@ -79,20 +78,6 @@ def build(path: Path, minutes: float, seed: int) -> Speech:
             written += len(block)
             references.append(text)
     return Speech(path, written / SAMPLE_RATE / 60, " ".join(references))
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    def words(text: str) -> list[str]:
-        return re.sub(r"[^\w\s']", " ", unicodedata.normalize("NFKC", text).lower()).split()
-
-    ref, hyp = words(reference), words(hypothesis)
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1] / max(1, len(ref))
 
 
 def rss_mb(pid: int, field: str) -> float:

@@ -35,13 +35,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import unicodedata
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +50,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench._common import wer  # noqa: E402
 from stt.server.audio import SAMPLE_RATE, decode  # noqa: E402
 
 AUDIO_DIR = REPO_ROOT.parent / "shared" / "audio"
@@ -60,7 +59,6 @@ WHOLE_CLIPS = ("timit_LDC93S1.wav", "librispeech_1995-1837-0001.wav", "aishell_B
                "leopard_test_ja.wav")
 CONVERSATION = "pyannote_sample.wav"
 NOISES = ("silence", "room", "brown", "hum", "line")
-UNSPACED = {"zh", "ja"}  # scored by characters
 
 
 @dataclass
@@ -145,23 +143,6 @@ def write_wav(path: Path, audio: np.ndarray) -> None:
         w.setsampwidth(2)
         w.setframerate(SAMPLE_RATE)
         w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
-
-
-def words(text: str, language: str) -> list[str]:
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = re.sub(r"[^\w\s']", " ", text)
-    return [c for c in text if not c.isspace()] if language in UNSPACED else text.split()
-
-
-def wer(reference: str, hypothesis: str, language: str) -> float:
-    ref, hyp = words(reference, language), words(hypothesis, language)
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1] / max(1, len(ref))
 
 
 @dataclass
