@@ -18,15 +18,12 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import islice
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from tasks.storage import filesystem_for
-
-if TYPE_CHECKING:
-    from re import Pattern
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +90,7 @@ def _from_ns(ns: int) -> datetime:
     return _EPOCH + timedelta(microseconds=ns // 1000)
 
 
-def _glob_to_regex(pattern: str) -> Pattern[str]:
+def _glob_to_regex(pattern: str) -> re.Pattern[str]:
     """Translate a glob with ``**`` support (fnmatch has no notion of segments)."""
     out: list[str] = []
     i, n = 0, len(pattern)
@@ -156,13 +153,13 @@ class _Matcher:
             raise ValueError("max_files must be >= 0")
 
     @staticmethod
-    def _compile(pattern: str) -> tuple[bool, Pattern[str]]:
+    def _compile(pattern: str) -> tuple[bool, re.Pattern[str]]:
         if pattern.startswith("/"):
             return False, _glob_to_regex(pattern.lstrip("/"))
         return "/" not in pattern, _glob_to_regex(pattern)
 
     @staticmethod
-    def _hit(patterns: list[tuple[bool, Pattern[str]]], rel: str, base: str) -> bool:
+    def _hit(patterns: list[tuple[bool, re.Pattern[str]]], rel: str, base: str) -> bool:
         return any(rx.match(base if on_base else rel) for on_base, rx in patterns)
 
     @property
