@@ -356,7 +356,7 @@ def single_speaker_splits(diarizer: Any) -> list[tuple[str, int]]:
 
 def sweep(key: str, values: Sequence[str], overrides: dict[str, Any]) -> int:
     """DER per file for every value of one knob, and its leave-one-out estimate: each file is
-    scored with the value that is best (lowest mean DER) on the other files."""
+    scored with the value that is best (lowest mean DER) on the other files; on a tie, the default."""
     from faster_whisper import decode_audio
 
     from stt.server.diarize import Diarizer, DiarizerConfig
@@ -369,9 +369,14 @@ def sweep(key: str, values: Sequence[str], overrides: dict[str, Any]) -> int:
         table[value] = [der(ref, diarizer.diarize(audio)) for _, audio, ref in files]
         print(f"{key}={value:8s} " + " ".join(f"{100 * d:6.1f}" for d in table[value])
               + f"  mean {100 * np.mean(table[value]):5.1f}  single-speaker clips split: {single_speaker_splits(diarizer)}")
+    default = getattr(DiarizerConfig(**overrides), key)
+
+    def held_out_mean(v: str, i: int) -> tuple[float, bool]:  # ties keep the default value
+        return float(np.mean([d for j, d in enumerate(table[v]) if j != i])), parse_overrides([f"{key}={v}"])[key] != default
+
     loo = []
     for i, (name, _, ref) in enumerate(files):
-        chosen = min(values, key=lambda v: float(np.mean([d for j, d in enumerate(table[v]) if j != i])))
+        chosen = min(values, key=lambda v: held_out_mean(v, i))
         loo.append(table[chosen][i])
         base = der(ref, one_speaker_baseline(ref))
         print(f"leave-one-out {name:30s} {key}={chosen:8s} DER {100 * loo[-1]:5.1f} (one speaker {100 * base:5.1f})")
