@@ -140,20 +140,26 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, write: Writer, *, dur
 def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> bool:
     """Create `path` with `data` only if it does not exist; False when it does.
 
-    Exclusive on a local disk (O_EXCL) and on S3 (a conditional PUT, If-None-Match: *,
+    Exclusive on a local disk (link(2) fails on an existing name) and on S3 (a conditional PUT, If-None-Match: *,
     which AWS S3 and most S3-compatible stores honour). Other fsspec backends get a
     check-then-write, which is not exclusive: document it where it matters.
     """
     if is_local(fs):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        # Written aside, then hard-linked: readers never see the file without its data (as
+        # they could between an O_EXCL open and its write), and link() fails if it exists.
+        # No fsync: a claim keeps live runs apart; what was sent survives a crash in the
+        # (fsynced) ledger entry.
+        folder, name = os.path.split(path)
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.link(tmp, path)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        finally:
+            os.unlink(tmp)
         return True
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     if any(p in _S3_PROTOCOLS for p in protocols):

@@ -160,3 +160,19 @@ def test_done_index_reads_what_a_rerun_needs(fake_server, tmp_path):
     assert done.files == {(f.url, f.fingerprint)} and len(done.contents) == 1
     other = DoneIndex.load(str(tmp_path / "out"), job_options(Settings(model="Wizper", language="de")))
     assert not other.files and not other.contents  # other options: nothing is done for them
+
+
+def test_an_exclusive_create_is_won_once_and_leaves_one_whole_file(tmp_path):
+    """Claims rest on it: of many racing creators exactly one wins, and the file is whole."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks.storage import create_exclusive, filesystem_for
+
+    fs, root = filesystem_for(str(tmp_path))
+    path = f"{root}/_ledger/k.claim.0"
+    bodies = [f'{{"run_id": "run-{i}", "pad": "{"x" * 4096}"}}'.encode() for i in range(16)]
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(lambda b: create_exclusive(fs, path, b), bodies))
+    assert won.count(True) == 1
+    assert Path(path).read_bytes() == bodies[won.index(True)]
+    assert os.listdir(tmp_path / "_ledger") == ["k.claim.0"]  # nothing left beside it
