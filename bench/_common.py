@@ -141,6 +141,12 @@ def wav_bytes(pcm: np.ndarray, sample_rate: int) -> bytes:
     return buf.getvalue()
 
 
+def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> Path:
+    """Float samples in [-1, 1] (clipped) as a 16-bit mono WAV file."""
+    path.write_bytes(wav_bytes(np.clip(audio, -1, 1) * 32767, sample_rate))
+    return path
+
+
 #: Languages written without spaces between words: their error rate counts characters.
 UNSPACED = frozenset({"zh", "ja", "th", "lo", "km", "my", "bo", "yue"})
 

@@ -72,11 +72,6 @@ def build(minutes: float, seed: int = 7, audio_dir: Path = AUDIO_DIR) -> tuple[n
 
 
 def write_wav(path: Path, audio: np.ndarray) -> Path:
-    import wave
+    from bench._common import write_wav as write_16bit
 
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SR)
-        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
-    return path
+    return write_16bit(path, audio, SR)

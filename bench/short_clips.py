@@ -40,7 +40,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +49,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench._common import wer  # noqa: E402
+from bench._common import wer, write_wav  # noqa: E402
 from stt.server.audio import SAMPLE_RATE, decode  # noqa: E402
 
 AUDIO_DIR = REPO_ROOT.parent / "shared" / "audio"
@@ -132,17 +131,9 @@ def make_corpus(folder: Path, count: int, speech_fraction: float, seed: int) -> 
             audio = noise(NOISES[i % len(NOISES)], rng.uniform(0.5, 5.0), rng)
             clip = Clip(f"nospeech_{i:05d}_{NOISES[i % len(NOISES)]}.wav", None)
         audio = audio + rng.standard_normal(len(audio)) * 10 ** (-70 / 20)
-        write_wav(folder / clip.name, audio)
+        write_wav(folder / clip.name, audio, SAMPLE_RATE)
         clips.append(clip)
     return clips
-
-
-def write_wav(path: Path, audio: np.ndarray) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
 
 
 @dataclass

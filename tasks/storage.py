@@ -112,6 +112,13 @@ def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> bytes
         return fh.read()
 
 
+def _temp_beside(path: str) -> str:
+    """A fresh hidden temp name in `path`'s folder (created if missing), for a rename or link."""
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
 def write_atomic(fs: fsspec.AbstractFileSystem, path: str, write: Writer, *, durable: bool = False) -> None:
     """Write `path` so that readers see the whole file or nothing.
 
@@ -122,9 +129,7 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, write: Writer, *, dur
         with fs.open(path, "wb") as f:
             write(f)
         return
-    folder, name = os.path.split(path)
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = _temp_beside(path)
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -149,9 +154,7 @@ def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> b
         # they could between an O_EXCL open and its write), and link() fails if it exists.
         # No fsync: a claim keeps live runs apart; what was sent survives a crash in the
         # (fsynced) ledger entry.
-        folder, name = os.path.split(path)
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp = _temp_beside(path)
         with open(tmp, "wb") as f:
             f.write(data)
         try:

@@ -10,13 +10,14 @@ import json
 from collections import Counter
 import os
 import urllib.request
-import re
 import socket
-import unicodedata
 from pathlib import Path
 
 import httpx
 import pytest
+
+from bench._common import wer  # noqa: F401  (the tests' WER: lower-cased, punctuation stripped)
+from bench._common import words as normalize  # noqa: F401  (re-exported for the tests)
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -55,24 +56,6 @@ def reference(file_name: str) -> str:
         if entry["file"] == file_name:
             return entry["reference"]
     pytest.skip(f"no reference for {file_name}")
-
-
-def normalize(text: str) -> list[str]:
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = re.sub(r"[^\w\s']", " ", text)
-    return text.split()
-
-
-def wer(reference_text: str, hypothesis: str) -> float:
-    """Word error rate after lower-casing and stripping punctuation on both sides."""
-    ref, hyp = normalize(reference_text), normalize(hypothesis)
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1] / max(1, len(ref))
 
 
 # -- which tests ran on the real model ------------------------------------------------------
