@@ -74,10 +74,7 @@ class Ledger:
         return value if isinstance(value, dict) else None
 
     def read(self, key: str) -> Entry | None:
-        try:
-            return self._load(self._path(key)) if self.fs.exists(self._path(key)) else None
-        except FileNotFoundError:
-            return None
+        return self._load(self._path(key))  # a missing entry is an OSError there: None
 
     def write(self, key: str, entry: Entry) -> None:
         entry = {**entry, "updated_at": datetime.now(UTC).isoformat()}

@@ -25,7 +25,7 @@ from stt.client import STTClient
 from stt.contract import AsyncJob
 from tasks import audio_prep
 from tasks.batch_config import BatchConfig
-from tasks.claims import Claims
+from tasks.claims import Claim, Claims
 from tasks.discovery import AudioFile
 from tasks.ledger import Entry, Ledger
 from tasks.outcome import Outcome, as_copy, failure, success
@@ -105,7 +105,7 @@ class FileSend:
             log.warning("%s: %s: %s", self.f.url, type(exc).__name__, exc)
             return self.fail(_as_error(exc))
         finally:
-            if self.plan is not None:
+            if self.plan is not None and self.plan.cleanup is not None:
                 await asyncio.to_thread(self.plan.cleanup)
 
     async def _run(self) -> Outcome:
@@ -121,8 +121,6 @@ class FileSend:
         copied = await self._claim()
         if copied is not None:
             return copied
-        recorded: Entry | None = await asyncio.to_thread(self.ledger.read, self.key)
-        self.entry = recorded or {}
         if self.entry.get("complete"):
             return self._rows(self._recorded())
         if self.entry.get("state") == "sent" and not self.entry.get("jobs"):
@@ -137,8 +135,9 @@ class FileSend:
     async def _claim(self) -> Outcome | None:
         """Claim the request; an Outcome when this file ends here (someone else has it)."""
         while True:
-            claim = await asyncio.to_thread(self.claims.acquire, self.key)
+            claim, recorded = await asyncio.to_thread(self._acquire, self.key)
             if claim.status == "mine":
+                self.entry = recorded or {}
                 return None
             if claim.status == "busy":
                 return self.not_sent(f"claimed by run {claim.holder[:8]}, still running", deferred=True)
@@ -151,6 +150,11 @@ class FileSend:
                 self.entry = entry
                 return as_copy(self._rows(self._recorded()), self.f)
             await asyncio.sleep(0.5)
+
+    def _acquire(self, key: str) -> tuple[Claim, Entry | None]:
+        """The claim, and once it is ours what the ledger holds for the request (one thread hop)."""
+        claim = self.claims.acquire(key)
+        return claim, self.ledger.read(key) if claim.status == "mine" else None
 
     def _recorded(self) -> list[tuple[Span, Answer]]:
         answers = self.entry.get("answers") or {}

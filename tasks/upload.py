@@ -64,10 +64,6 @@ class Unit:
     own_start_s: float = 0.0
 
 
-def _nothing() -> None:
-    return None
-
-
 @dataclass
 class UploadPlan:
     mode: str  # direct | url | staged | reencode | chunks
@@ -76,7 +72,8 @@ class UploadPlan:
     single: bool = True
     duration_s: float | None = None
     estimated_cost: float | None = None
-    cleanup: Callable[[], None] = _nothing
+    #: Removes what the plan left behind (a staged copy); None when there is nothing.
+    cleanup: Callable[[], None] | None = None
     #: What the audio is (`tasks.identity`): a hash of its bytes, or the S3 ETag of an
     #: object sent by URL; None in a dry run, which reads no large file whole.
     content: str | None = None
