@@ -31,7 +31,9 @@ def task_runner_for(settings: Settings) -> TaskRunner[Any]:
         return _dask(settings)
     if settings.task_runner == "ray":
         return _ray(settings)
-    return InterruptibleThreadPoolTaskRunner(max_workers=settings.parallel_batches)
+    # One thread more than parallel_batches: the batch that prepares or finishes while the
+    # others hold the run's request slots (tasks.slots).
+    return InterruptibleThreadPoolTaskRunner(max_workers=settings.parallel_batches + 1)
 
 
 class InterruptibleThreadPoolTaskRunner(ThreadPoolTaskRunner):  # type: ignore[type-arg]

@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.futures import PrefectFuture
+from prefect.futures import PrefectFuture, as_completed
 from pydantic import ValidationError
 
 from config.files import ConfigError
@@ -50,6 +50,7 @@ from tasks.discovery import AudioFile, DiscoveryFilter
 from tasks.endpoint import Endpoint
 from tasks.limits import request_limiter
 from tasks.resume import DiscoveryCounts, ResumeState, pending_files
+from tasks.slots import Slots
 
 _preloaded: contextvars.ContextVar[Settings | None] = contextvars.ContextVar("bulkscribe_settings", default=None)
 
@@ -214,13 +215,19 @@ def _batches(files: Iterable[AudioFile], size: int, parallel: int) -> Iterator[l
 def _run_batches(files: Iterable[AudioFile], cfg: BatchConfig, settings: Settings, summary: RunSummary,
                  progress: Progress) -> None:
     """Submit batches as discovery yields files, at most `parallel_batches` in flight; stop
-    discovering once a batch says the API will take no more (402, daily limit)."""
+    discovering once a batch says the API will take no more (402, daily limit). Whichever
+    batch ends first frees its slot (waiting on the oldest would leave a finished batch's
+    slot idle while an older one drains)."""
     parallel = settings.parallel_batches
     shares = BudgetShares(cfg.budget, shared=not distributed(settings), parallel=parallel) if cfg.budget else None
+    window = parallel
+    if not distributed(settings):  # one batch more than the slots need: see tasks.slots
+        cfg, window = replace(cfg, slots=Slots(settings.concurrency * parallel)), parallel + 1
     in_flight: list[tuple[int, PrefectFuture[BatchResult]]] = []
 
     def collect() -> None:
-        batch_no, future = in_flight.pop(0)
+        done = next(as_completed([future for _, future in in_flight]))
+        batch_no, future = in_flight.pop(next(i for i, (_, f) in enumerate(in_flight) if f is done))
         result = future.result()
         if shares is not None:
             shares.settle(batch_no, result)
@@ -232,7 +239,7 @@ def _run_batches(files: Iterable[AudioFile], cfg: BatchConfig, settings: Setting
             batch_cfg = replace(cfg, budget=shares.grant(batch_no)) if shares is not None else cfg
             in_flight.append((batch_no, runner.submit(transcribe_batch, {"files": batch, "cfg": batch_cfg,
                                                                          "batch_no": batch_no})))
-            while len(in_flight) >= parallel:
+            while len(in_flight) >= window:
                 collect()
             if summary.stop_reason or (shares is not None and shares.exhausted()):
                 get_run_logger().error("stopping: %s", summary.stop_reason or "budget used up")

@@ -25,6 +25,7 @@ from tasks.outcome import Outcome
 from tasks.reuse import copied_rows
 from tasks.rows import FailureRow, SegmentRow, TranscriptRow, words_table
 from tasks.sending import StopSignal, transcribe_one
+from tasks.slots import Slots
 
 
 @dataclass
@@ -81,25 +82,28 @@ def transcribe_batch(files: list[AudioFile], cfg: BatchConfig, batch_no: int) ->
 
 async def _send_all(files: list[AudioFile], cfg: BatchConfig, ledger: Ledger, claims: Claims,
                     stop: StopSignal) -> list[Outcome]:
-    gate = asyncio.Semaphore(cfg.concurrency)
-    async with cfg.endpoint.client(max_connections=cfg.concurrency, rate_limiter=cfg.rate_limiter) as client:
+    # Requests hold a slot (`tasks.slots`); a file being read, claimed or recorded does not,
+    # so up to twice `concurrency` files are under way for `concurrency` requests in flight.
+    slots = cfg.slots or Slots(cfg.concurrency)
+    under_way = asyncio.Semaphore(2 * cfg.concurrency)
+    async with cfg.endpoint.client(max_connections=slots.size, rate_limiter=cfg.rate_limiter) as client:
 
         async def one(f: AudioFile) -> Outcome:
-            async with gate:
-                return await transcribe_one(client, f, cfg, ledger, claims, stop)
+            async with under_way:
+                return await transcribe_one(client, f, cfg, ledger, claims, stop, slots=slots)
 
         outcomes = list(await asyncio.gather(*(one(f) for f in files)))
         # Files whose content another file of this run is sending: wait for that answer
         # (outside the gate, so the file they wait for is never held up by them).
         return list(await asyncio.gather(*(
-            _second_pass(client, f, o, cfg, ledger, claims, stop) for f, o in zip(files, outcomes))))
+            _second_pass(client, f, o, cfg, ledger, claims, stop, slots) for f, o in zip(files, outcomes))))
 
 
 async def _second_pass(client: STTClient, f: AudioFile, o: Outcome, cfg: BatchConfig, ledger: Ledger,
-                       claims: Claims, stop: StopSignal) -> Outcome:
+                       claims: Claims, stop: StopSignal, slots: Slots) -> Outcome:
     if not o.duplicate:
         return o
-    return await transcribe_one(client, f, cfg, ledger, claims, stop, wait_for_duplicate=True)
+    return await transcribe_one(client, f, cfg, ledger, claims, stop, wait_for_duplicate=True, slots=slots)
 
 
 def _with_copies(files: list[AudioFile], outcomes: list[Outcome], cfg: BatchConfig) -> list[Outcome]:
@@ -144,8 +148,11 @@ def settle_ledger(outcomes: list[Outcome], ledger: Ledger, claims: Claims) -> No
         if not o.key or o.key not in claims.held or o.reuse:
             continue
         if o.transcript is not None:
-            ledger.clear([o.key])
-            claims.finish(o.key)
+            path = claims.held_path(o.key)
+            retired = path is not None and ledger.retire(o.key, path)
+            if not retired:
+                ledger.clear([o.key])
+            claims.finish(o.key, retired=retired)
             continue
         if not o.keep_ledger:
             ledger.clear([o.key])

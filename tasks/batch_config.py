@@ -12,6 +12,7 @@ from tasks.claims import Owner
 from tasks.endpoint import Endpoint
 from tasks.identity import JobOptions
 from tasks.retry import RetryPolicy
+from tasks.slots import Slots
 from tasks.upload import UploadPolicy
 
 #: What two chunks of a diarized file share, to tie their speakers together.
@@ -53,6 +54,8 @@ class BatchConfig:
     #: Shared by all batches of a run: stops sending once the estimate reaches the cap.
     budget: Budget | None = None
     rate_limiter: RateLimiter | None = None
+    #: Request slots shared by the batches of a run on threads (None: each batch has its own).
+    slots: Slots | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, *, out: str, run_id: str, endpoint: Endpoint,

@@ -10,9 +10,9 @@ A claim belongs to a run, and a run is alive while its lease is: every run keeps
 when it ends. A claim whose run has no fresh lease (or, on the same machine, whose
 process is gone: kill -9 is noticed at once) is stale and can be taken over, by creating
 the next generation exclusively, so two runs taking over the same stale claim cannot
-both win. A finished request keeps its claim as a tombstone ("done") until no run that
-started before it finished is still alive: a run that listed the archive before the
-request finished must not send it again.
+both win. A finished request keeps its claim as a tombstone ("done", or its last ledger entry,
+complete, renamed over it) until no run that started before it finished is still alive:
+a run that listed the archive before the request finished must not send it again.
 """
 
 from __future__ import annotations
@@ -116,6 +116,11 @@ class RunLease:
             pass
 
 
+def _finished(claim: dict[str, Any]) -> bool:
+    """A tombstone: written as one ("done"), or a complete ledger entry renamed over the claim."""
+    return claim.get("state") == "done" or claim.get("complete") is True
+
+
 @dataclass(frozen=True)
 class Claim:
     status: ClaimStatus
@@ -140,19 +145,23 @@ class Claims:
     def _path(self, key: str, gen: int) -> str:
         return f"{self.root}/{key}.claim.{gen}"
 
-    def acquire(self, key: str) -> Claim:
-        """Claim `key` for this run, take over a stale claim, or say who holds it."""
+    def acquire(self, key: str, entry: dict[str, Any] | None = None) -> Claim:
+        """Claim `key` for this run, take over a stale claim, or say who holds it.
+
+        `entry`: the request's first ledger entry, carried by the claim (fsynced) so that
+        `Ledger.publish` can make it the entry without writing another file."""
         gen = 0
+        carried = {**entry, "state": "sent"} if entry is not None else {"state": "active"}
         while True:
-            body = json.dumps({**asdict(self.owner), "state": "active", "at": _stamp()}).encode()
-            if storage.create_exclusive(self.fs, self._path(key, gen), body):
+            body = json.dumps({**carried, **asdict(self.owner), "at": _stamp()}).encode()
+            if storage.create_exclusive(self.fs, self._path(key, gen), body, durable=entry is not None):
                 self._held[key] = gen
                 return Claim("mine")
             gen, current = self._latest(key)
             if current is None:  # released meanwhile: try the first generation again
                 gen = 0
                 continue
-            if current.get("state") == "done":
+            if _finished(current):
                 return Claim("done", str(current.get("run_id", "")))
             holder = str(current.get("run_id", ""))
             if holder == self.owner.run_id:
@@ -206,10 +215,16 @@ class Claims:
             except FileNotFoundError:
                 pass
 
-    def finish(self, key: str) -> None:
-        """The request's rows are written: leave a tombstone for runs that started earlier."""
+    def held_path(self, key: str) -> str | None:
+        """The file of a claim this object holds."""
+        gen = self._held.get(key)
+        return None if gen is None else self._path(key, gen)
+
+    def finish(self, key: str, *, retired: bool = False) -> None:
+        """The request's rows are written: leave a tombstone for runs that started earlier
+        (`retired`: the ledger entry already became it, see `Ledger.retire`)."""
         gen = self._held.pop(key, None)
-        if gen is None:
+        if gen is None or retired:
             return
         body = json.dumps({**asdict(self.owner), "state": "done", "at": _stamp(), "done": _now()}).encode()
         storage.write_atomic(self.fs, self._path(key, gen), lambda f: f.write(body))

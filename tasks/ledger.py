@@ -8,7 +8,15 @@ key and written (atomically, fsynced) at each step of the request's life:
 - `answered`: the answer itself, the moment it arrives, before anything else is done
   with it (durable answers: a kill -9 at any later moment loses nothing that was paid).
 
-It is removed only once the file's rows are in the tables. The next run reads what the
+On a local disk the first `sent` entry costs no file of its own: the request's claim
+(`tasks.claims`) is created holding it, fsynced, and is hard-linked under the entry's
+name just before the request leaves (`publish`); and once the rows are written the last
+entry is renamed over the claim as its tombstone (`retire`). Creating a file is what a
+ledger write costs (0.2-0.4 ms of CPU each on ext4 here, against microseconds for a link
+or a rename), so this halves the files created per request. Object stores have no links
+or renames: there the entry is written and the tombstone too.
+
+An entry is removed only once the file's rows are in the tables. The next run reads what the
 entries say: answers become rows without sending, recorded jobs are polled instead of
 submitted again, and a request sent with no answer recorded is re-sent only with the same
 idempotency key to an API that honours it; otherwise it is reported, not paid for twice.
@@ -80,6 +88,16 @@ class Ledger:
         entry = {**entry, "updated_at": datetime.now(UTC).isoformat()}
         data = json.dumps(entry, sort_keys=True).encode()
         storage.write_atomic(self.fs, self._path(key), lambda f: f.write(data), durable=True)
+
+    def publish(self, key: str, claim_path: str) -> bool:
+        """The held claim, created with this request's first entry (fsynced), becomes the
+        entry: a hard link. False where that cannot be done: write the entry instead."""
+        return storage.link_local(self.fs, claim_path, self._path(key))
+
+    def retire(self, key: str, claim_path: str) -> bool:
+        """The rows are written: the entry becomes the claim's tombstone (a rename; its
+        time is now). False where that cannot be done: clear the entry, finish the claim."""
+        return storage.move_local(self.fs, self._path(key), claim_path)
 
     def clear(self, keys: list[str]) -> None:
         for key in keys:

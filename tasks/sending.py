@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from stt import errors
@@ -29,6 +30,7 @@ from tasks.claims import Claim, Claims
 from tasks.discovery import AudioFile
 from tasks.ledger import Entry, Ledger
 from tasks.outcome import Outcome, as_copy, failure, success
+from tasks.slots import Slots
 from tasks.stitching import merge_answers
 from tasks.upload import Unit, UploadPlan, plan_upload
 from tasks.wire import Answer, Span, answer_from_json, answer_to_json
@@ -59,22 +61,27 @@ class Ended(Exception):
 
 
 async def transcribe_one(client: STTClient, f: AudioFile, cfg: BatchConfig, ledger: Ledger, claims: Claims,
-                         stop: StopSignal, *, wait_for_duplicate: bool = False) -> Outcome:
+                         stop: StopSignal, *, wait_for_duplicate: bool = False, slots: Slots | None = None) -> Outcome:
     """One file, start to end; every way it can end is an Outcome, never an exception.
 
     `wait_for_duplicate`: when another file of this run holds the same request (same
-    content), wait for its answer and copy it, instead of ending as `duplicate`."""
-    return await FileSend(client, f, cfg, ledger, claims, stop, wait_for_duplicate).run()
+    content), wait for its answer and copy it, instead of ending as `duplicate`.
+    `slots`: held around each request (default: `cfg.concurrency` of this file's own)."""
+    slots = slots or cfg.slots or Slots(cfg.concurrency)
+    return await FileSend(client, f, cfg, ledger, claims, stop, slots, wait_for_duplicate).run()
 
 
 class FileSend:
     def __init__(self, client: STTClient, f: AudioFile, cfg: BatchConfig, ledger: Ledger, claims: Claims,
-                 stop: StopSignal, wait_for_duplicate: bool = False) -> None:
+                 stop: StopSignal, slots: Slots, wait_for_duplicate: bool = False) -> None:
         self.client, self.f, self.cfg, self.ledger, self.claims, self.stop = client, f, cfg, ledger, claims, stop
+        self.slots = slots
         self.wait_for_duplicate = wait_for_duplicate
         self.key = ""
         self.plan: UploadPlan | None = None
         self.entry: Entry = {}
+        #: The claim holds the request's first entry, not yet published (see `tasks.ledger`).
+        self.carried = False
         self.attempts = 0
         self.fresh_cost = 0.0  # what this run paid for the file
         #: A request may have been paid without an answer (an earlier run's, or a lost answer).
@@ -112,13 +119,10 @@ class FileSend:
         if self.stop.reason:
             return self.not_sent(self.stop.reason)
         worst = self.cfg.worst_direct_cost()
-        self.plan = await asyncio.to_thread(plan_upload, self.f, self.cfg.upload,
-                                            price_per_min=self.cfg.price_per_min, probe=self._should_probe(worst))
-        assert self.plan.content is not None
-        self.key = self.cfg.options.request_key(self.plan.content)
-        if self.key in self.cfg.done_contents:
+        first = await asyncio.to_thread(self._prepare, worst)
+        if first is None:
             return Outcome(key=self.key, sent=False, reuse=True)
-        copied = await self._claim()
+        copied = await self._claim(*first)
         if copied is not None:
             return copied
         if self.entry.get("complete"):
@@ -132,12 +136,23 @@ class FileSend:
                     "twice (re-send with --resend-unknown)", code="outcome_unknown"), kind="unknown")
         return await self._reserve_and_send(worst)
 
-    async def _claim(self) -> Outcome | None:
+    def _prepare(self, worst: float) -> tuple[Claim, Entry | None] | None:
+        """Plan the upload, learn the request key, claim it (one thread hop); None when
+        the content is already transcribed in OUT."""
+        self.plan = plan_upload(self.f, self.cfg.upload, price_per_min=self.cfg.price_per_min,
+                                probe=self._should_probe(worst))
+        assert self.plan.content is not None
+        self.key = self.cfg.options.request_key(self.plan.content)
+        if self.key in self.cfg.done_contents:
+            return None
+        return self._acquire(self.key)
+
+    async def _claim(self, claim: Claim, recorded: Entry | None) -> Outcome | None:
         """Claim the request; an Outcome when this file ends here (someone else has it)."""
         while True:
-            claim, recorded = await asyncio.to_thread(self._acquire, self.key)
             if claim.status == "mine":
                 self.entry = recorded or {}
+                self.carried = recorded is None
                 return None
             if claim.status == "busy":
                 return self.not_sent(f"claimed by run {claim.holder[:8]}, still running", deferred=True)
@@ -150,11 +165,19 @@ class FileSend:
                 self.entry = entry
                 return as_copy(self._rows(self._recorded()), self.f)
             await asyncio.sleep(0.5)
+            claim, recorded = await asyncio.to_thread(self._acquire, self.key)
 
     def _acquire(self, key: str) -> tuple[Claim, Entry | None]:
-        """The claim, and once it is ours what the ledger holds for the request (one thread hop)."""
-        claim = self.claims.acquire(key)
+        """The claim (carrying the request's first entry), and once it is ours what the
+        ledger holds for the request."""
+        assert self.plan is not None
+        first = {**self._identity(self.plan), "jobs": {}, "answers": {}, "updated_at": datetime.now(UTC).isoformat()}
+        claim = self.claims.acquire(key, first)
         return claim, self.ledger.read(key) if claim.status == "mine" else None
+
+    def _identity(self, plan: UploadPlan) -> Entry:
+        return {"mode": plan.mode, "source": self.f.url, "fingerprint": self.f.fingerprint,
+                "model": self.cfg.options.model, "run_id": self.cfg.run_id}
 
     def _recorded(self) -> list[tuple[Span, Answer]]:
         answers = self.entry.get("answers") or {}
@@ -188,9 +211,8 @@ class FileSend:
     # -- sending ----------------------------------------------------------------------------
 
     async def _send_plan(self, plan: UploadPlan) -> Outcome:
-        self.entry = {**self.entry, "mode": plan.mode, "source": self.f.url, "fingerprint": self.f.fingerprint,
-                      "model": self.cfg.options.model, "run_id": self.cfg.run_id,
-                      "jobs": dict(self.entry.get("jobs") or {}), "answers": dict(self.entry.get("answers") or {})}
+        self.entry = {**self.entry, **self._identity(plan), "jobs": dict(self.entry.get("jobs") or {}),
+                      "answers": dict(self.entry.get("answers") or {})}
         try:
             for unit in plan.units():
                 if str(unit.index) not in self.entry["answers"]:
@@ -212,13 +234,17 @@ class FileSend:
     async def _send_unit(self, unit: Unit, plan: UploadPlan) -> None:
         """Send one unit with retries (or poll its recorded job); its answer is recorded at once."""
         job = self.entry["jobs"].get(str(unit.index))
-        answer = await self._resume_job(AsyncJob.model_validate(job)) if job else None
+        answer = None
+        if job:
+            async with self.slots:
+                answer = await self._resume_job(AsyncJob.model_validate(job))
         while answer is None:
-            if self.stop.reason:
-                raise Ended(self.not_sent(self.stop.reason))
             self.attempts += 1
             try:
-                answer = await self._submit(unit, plan)
+                async with self.slots:  # a slot for the request only: not for the back-off, nor the ledger
+                    if self.stop.reason:
+                        raise Ended(self.not_sent(self.stop.reason))
+                    answer = await self._submit(unit, plan)
             except errors.TransientError as exc:
                 await self._after_transient(exc)
             except errors.PermanentError as exc:
@@ -249,7 +275,7 @@ class FileSend:
                                       tag_audio_events=opts.tag_audio_events,
                                       idempotency_key=self.key if plan.single else f"{self.key}:{unit.index}")
         self.entry["state"] = "sent"
-        await asyncio.to_thread(self.ledger.write, self.key, self.entry)
+        await self._record_sent()
         if unit.url is not None:
             answer = await self.client.transcribe_url(unit.url, **common)
         else:
@@ -262,6 +288,14 @@ class FileSend:
         self.entry["state"] = "submitted"
         await asyncio.to_thread(self.ledger.write, self.key, self.entry)
         return await self.client.wait(answer, self.cfg.poll)
+
+    async def _record_sent(self) -> None:
+        """Durable before the request leaves: the claim's carried entry published (a link),
+        or the entry written."""
+        path = self.claims.held_path(self.key) if self.carried else None
+        self.carried = False
+        if path is None or not self.ledger.publish(self.key, path):
+            await asyncio.to_thread(self.ledger.write, self.key, self.entry)
 
     async def _after_transient(self, exc: errors.TransientError) -> None:
         """Wait before the next attempt, or end the file when it must not be tried again."""

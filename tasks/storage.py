@@ -142,21 +142,50 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, write: Writer, *, dur
             os.unlink(tmp)
 
 
-def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> bool:
+def link_local(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> bool:
+    """Give `src`'s file a second name `dst` (no copy, no new file); False where there are
+    no hard links (object stores) or `dst` exists."""
+    if not is_local(fs):
+        return False
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        return False
+    return True
+
+
+def move_local(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> bool:
+    """Rename `src` over `dst` and stamp it with the current time; False where renames are
+    copies (object stores) or `src` is gone."""
+    if not is_local(fs):
+        return False
+    try:
+        os.replace(src, dst)
+    except FileNotFoundError:
+        return False
+    if os.path.lexists(src):  # two names of one file: rename(2) leaves both
+        os.unlink(src)
+    os.utime(dst)
+    return True
+
+
+def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes, *, durable: bool = False) -> bool:
     """Create `path` with `data` only if it does not exist; False when it does.
 
     Exclusive on a local disk (link(2) fails on an existing name) and on S3 (a conditional PUT, If-None-Match: *,
     which AWS S3 and most S3-compatible stores honour). Other fsspec backends get a
     check-then-write, which is not exclusive: document it where it matters.
+    `durable`: fsync the data before the name appears (local disks).
     """
     if is_local(fs):
         # Written aside, then hard-linked: readers never see the file without its data (as
         # they could between an O_EXCL open and its write), and link() fails if it exists.
-        # No fsync: a claim keeps live runs apart; what was sent survives a crash in the
-        # (fsynced) ledger entry.
         tmp = _temp_beside(path)
         with open(tmp, "wb") as f:
             f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         try:
             os.link(tmp, path)
         except FileExistsError:

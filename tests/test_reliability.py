@@ -176,3 +176,47 @@ def test_an_exclusive_create_is_won_once_and_leaves_one_whole_file(tmp_path):
     assert won.count(True) == 1
     assert Path(path).read_bytes() == bodies[won.index(True)]
     assert os.listdir(tmp_path / "_ledger") == ["k.claim.0"]  # nothing left beside it
+
+
+def test_a_finished_request_leaves_its_last_entry_as_the_claims_tombstone(fake_server, tmp_path):
+    """On a local disk the 'sent' entry is the claim itself (a hard link) and the answered entry
+    is renamed over the claim once the rows are written: nothing else is left, and a run that
+    started earlier finds the request done instead of sending it again."""
+    import json
+
+    from tasks.claims import Claims
+
+    src = tmp_path / "src"
+    distinct_copy("timit_LDC93S1.wav", src / "a.wav")
+    result = run_batch(fake_server, src, tmp_path / "out")
+    assert result.transcribed == 1
+    ledger = tmp_path / "out" / "_ledger"
+    left = sorted(p.name for p in ledger.iterdir() if p.is_file())
+    assert len(left) == 1 and ".claim." in left[0], left  # no entry, no temp file: one tombstone
+    body = json.loads((ledger / left[0]).read_text())
+    assert body["complete"] is True and body["state"] == "answered" and body["answers"]
+    key = left[0].split(".claim.")[0]
+    assert Claims(str(tmp_path / "out"), _owner("earlier")).acquire(key).status == "done"
+
+
+def test_the_claim_carries_the_sent_entry_until_it_is_published(tmp_path):
+    from tasks.claims import Claims, RunLease
+    from tasks.ledger import Ledger
+
+    out = str(tmp_path / "out")
+    claims, ledger = Claims(out, _owner("r1")), Ledger(out)
+    first = {"source": "file:///a.wav", "jobs": {}, "answers": {}}
+    assert claims.acquire("k", first).status == "mine"
+    assert ledger.read("k") is None  # claimed, not sent: no entry yet
+    path = claims.held_path("k")
+    assert path is not None and ledger.publish("k", path)
+    entry = ledger.read("k")
+    assert entry is not None and entry["state"] == "sent" and entry["source"] == "file:///a.wav"
+    assert os.stat(path).st_ino == os.stat(f"{out}/_ledger/k.json").st_ino  # one file, two names
+    ledger.write("k", {**entry, "state": "answered", "complete": True})
+    with RunLease(out, claims.owner):
+        assert Claims(out, _owner("r2")).acquire("k").status == "busy"  # r1 is alive and holds it
+    assert ledger.retire("k", path)
+    claims.finish("k", retired=True)
+    assert Claims(out, _owner("r2")).acquire("k").status == "done"
+    assert not os.path.exists(f"{out}/_ledger/k.json")
