@@ -19,6 +19,9 @@ from flows.artifacts import ProgressArtifact
 from tasks.batch import BatchResult
 
 _BAR_WIDTH = 24
+#: The progress artifact is updated at most this often: each update is a call to the Prefect
+#: API in the flow's thread, between one batch's end and the next batch's start.
+ARTIFACT_INTERVAL_S = 2.0
 
 
 @dataclass
@@ -51,6 +54,7 @@ class Progress:
         if self.mode == "auto":
             self.mode = "bar" if self.stream.isatty() else "lines"
         self._last_draw = 0.0
+        self._last_publish = time.monotonic()
         self._lock = threading.Lock()
 
     def discovered(self) -> None:
@@ -59,7 +63,9 @@ class Progress:
 
     def batch_done(self, result: BatchResult) -> None:
         self.counts.add(result)
-        if self.artifact is not None:
+        now = time.monotonic()
+        if self.artifact is not None and now - self._last_publish >= ARTIFACT_INTERVAL_S:
+            self._last_publish = now
             self.artifact.update(self.percent())
         self._draw()
 
