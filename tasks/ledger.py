@@ -10,16 +10,17 @@ key and written (atomically, fsynced) at each step of the request's life:
 
 On a local disk the first `sent` entry costs no file of its own: the request's claim
 (`tasks.claims`) is created holding it, fsynced, and is hard-linked under the entry's
-name just before the request leaves (`publish`); and once the rows are written the last
-entry is renamed over the claim as its tombstone (`retire`). Creating a file is what a
-ledger write costs (0.2-0.4 ms of CPU each on ext4 here, against microseconds for a link
-or a rename), so this halves the files created per request. Object stores have no links
-or renames: there the entry is written and the tombstone too.
+name just before the request leaves (`publish`); and once the rows are written a small
+last entry is renamed over the claim as its tombstone (`retire`). Creating a file is what
+a ledger write costs (0.1-0.4 ms of CPU each on ext4 here, against microseconds for a
+link or a rename), so this halves the files created per request. Object stores have no
+links or renames: there the entry is written and the tombstone too.
 
-An entry is removed only once the file's rows are in the tables. The next run reads what the
-entries say: answers become rows without sending, recorded jobs are polled instead of
-submitted again, and a request sent with no answer recorded is re-sent only with the same
-idempotency key to an API that honours it; otherwise it is reported, not paid for twice.
+An entry is removed only once the file's rows are in the tables. The next run reads what
+the entries say: answers become rows without sending, recorded jobs are polled instead
+of submitted again, and a request sent with no answer recorded is re-sent only with the
+same idempotency key to an API that honours it; otherwise it is reported, not paid for
+twice.
 
 The same folder holds the requests' claims and the runs' leases (`tasks.claims`).
 """
@@ -27,6 +28,7 @@ The same folder holds the requests' claims and the runs' leases (`tasks.claims`)
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +36,9 @@ from typing import Any
 from tasks import storage
 
 Entry = dict[str, Any]
+
+#: The largest entry kept as a tombstone (`Ledger.retire`): a short clip's answer, not an hour of words.
+TOMBSTONE_MAX_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -96,8 +101,14 @@ class Ledger:
 
     def retire(self, key: str, claim_path: str) -> bool:
         """The rows are written: the entry becomes the claim's tombstone (a rename; its
-        time is now). False where that cannot be done: clear the entry, finish the claim."""
-        return storage.move_local(self.fs, self._path(key), claim_path)
+        time is now). False where that cannot be done, or where the entry is large (a long
+        file's answer would stay on disk until the tombstone is collected): then clear the
+        entry and finish the claim."""
+        try:
+            small = storage.is_local(self.fs) and os.path.getsize(self._path(key)) <= TOMBSTONE_MAX_BYTES
+        except OSError:
+            return False
+        return small and storage.move_local(self.fs, self._path(key), claim_path)
 
     def clear(self, keys: list[str]) -> None:
         for key in keys:

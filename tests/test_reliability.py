@@ -220,3 +220,7 @@ def test_the_claim_carries_the_sent_entry_until_it_is_published(tmp_path):
     claims.finish("k", retired=True)
     assert Claims(out, _owner("r2")).acquire("k").status == "done"
     assert not os.path.exists(f"{out}/_ledger/k.json")
+    big = Claims(out, _owner("r3"))
+    assert big.acquire("long", first).status == "mine"
+    ledger.write("long", {**first, "answers": {"0": {"text": "x" * 100_000}}, "complete": True})
+    assert not ledger.retire("long", str(big.held_path("long")))  # a long answer is not kept as a tombstone
