@@ -9,8 +9,12 @@ a large MAX_QUEUE so nothing is answered 503) serves both sides, in one run:
       (`flows.transcribe_archive.run_with_settings`) over a folder of N tiny WAV files,
       fresh OUT dir, `Settings(api_url=..., api_key=..., model="Wizper", language=...,
       concurrency=C, parallel_batches=P, batch_size=B, requests_per_second=None,
-      api_idempotency_keys=True)`, run inside `prefect_test_harness` (its API start-up
-      is timed and reported separately, not counted). The time counted is the wall time
+      api_idempotency_keys=True)`, against the temporary Prefect API that `bulkscribe run`
+      starts when no PREFECT_API_URL is set (`flows.prefect_api.temporary_prefect_api`, its
+      database in a private PREFECT_HOME; its start-up is timed and reported separately,
+      not counted). Like `bulkscribe run`, that leaves out Prefect's flow-run heartbeats
+      (see flows/prefect_api.py); `--heartbeats` keeps them, as a run against a Prefect
+      server has them: each flow run then ends on a whole second after its start. The time counted is the wall time
       of the flow call: discovery, the content hash of every file (its request key),
       claims and ledger entries under OUT/_ledger, requests, Parquet parts.
   (a) baseline: a bare asyncio + httpx loop sending the same N multipart requests
@@ -63,6 +67,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import collections  # noqa: E402
+import contextlib  # noqa: E402
 import cProfile  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
@@ -528,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
                         "project default is 20, which caps the flow at 20 files/s whatever the server does)")
     p.add_argument("--server-workers", type=int, default=0, help="BULKSCRIBE_SERVER_WORKERS (0: server default)")
     p.add_argument("--warmup", type=int, default=24, help="untimed warm-up requests (default 24)")
+    p.add_argument("--heartbeats", action="store_true",
+                   help="keep Prefect's flow-run heartbeats (a run against a Prefect server has them)")
     p.add_argument("--profile", action="store_true",
                    help="cProfile (thread CPU time) every thread of the flow process during (b); slows it down")
     p.add_argument("--trace", action="store_true",
@@ -540,9 +547,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from pydantic import SecretStr
-    from prefect.testing.utilities import prefect_test_harness
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     from config.settings import Settings
+    from flows.prefect_api import temporary_prefect_api
     from flows.transcribe_archive import run_with_settings
     from stt.contract import WIZPER
     from stt.server.launcher import EmbeddedServer
@@ -589,8 +597,14 @@ def main(argv: list[str] | None = None) -> int:
                                 batch_size=args.batch_size, parallel_batches=args.parallel_batches,
                                 api_idempotency_keys=True, requests_per_second=args.rps or None)
             t0 = time.perf_counter()
-            with prefect_test_harness(server_startup_timeout=180):
-                print(f"Prefect API start-up (test harness): {time.perf_counter() - t0:.1f} s")
+            os.environ["PREFECT_HOME"] = str(work / "prefect")  # the temporary API's database
+            with temporary_prefect_api() as api_url, contextlib.ExitStack() as heartbeats:
+                if args.heartbeats:
+                    heartbeats.enter_context(temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 180}))
+                if api_url is None:
+                    raise BenchError("PREFECT_API_URL is set: unset it, the bench starts its own Prefect API")
+                print(f"Prefect API start-up (temporary, as bulkscribe run): {time.perf_counter() - t0:.1f} s; "
+                      f"flow-run heartbeats {'on' if args.heartbeats else 'off'}")
                 t0 = time.perf_counter()
                 s = run_with_settings(str(warm_src), str(work / "out-warm"), settings)
                 print(f"Prefect warm-up flow run: {len(warm_paths)} files in {time.perf_counter() - t0:.1f} s "

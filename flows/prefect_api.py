@@ -56,9 +56,12 @@ def temporary_prefect_api(timeout_s: float = 180.0) -> Iterator[str | None]:
     url = f"http://127.0.0.1:{port}/api"
     try:
         _wait_healthy(proc, url, timeout_s)
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+        from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-        with temporary_settings(updates={PREFECT_API_URL: url}):
+        # No flow-run heartbeats: they let a server's automations mark a crashed run, and this
+        # server ends with the run. Prefect's heartbeat thread also makes every flow run end
+        # on a whole second after its start (it is joined from a 1 s sleep): up to 1 s idle.
+        with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             try:
                 yield url
             finally:
