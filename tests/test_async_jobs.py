@@ -8,6 +8,7 @@ the flow run on the real model.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -102,6 +103,13 @@ def test_diarization_segments_and_speaker_ids(server):
         assert a["speaker"] != b["speaker"] and a["start"] < b["start"]
 
 
+def _state(entry: Path) -> str | None:
+    try:
+        return json.loads(entry.read_bytes()).get("state")
+    except (OSError, ValueError):
+        return None  # gone meanwhile
+
+
 def _archive(tmp_path: Path, names: list[str]) -> Path:
     src = tmp_path / "src"
     src.mkdir()
@@ -153,7 +161,9 @@ def test_killed_flow_resumes_polling_and_pays_no_job_twice(tmp_path):
         deadline = time.time() + 240
         while time.time() < deadline:
             entries = list(ledger.glob("*.json")) if ledger.exists() else []
-            if len(entries) == 4 and all(b'"submitted"' in p.read_bytes() for p in entries):
+            states = [_state(p) for p in entries]
+            # every job submitted (its runId recorded), and at least one still being polled
+            if len(entries) == 4 and set(states) <= {"submitted", "answered"} and "submitted" in states:
                 break
             assert proc.poll() is None, proc.stdout.read().decode()
             time.sleep(0.1)
