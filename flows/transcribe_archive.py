@@ -214,8 +214,9 @@ def _batches(files: Iterable[AudioFile], size: int, parallel: int) -> Iterator[l
 
 def _run_batches(files: Iterable[AudioFile], cfg: BatchConfig, settings: Settings, summary: RunSummary,
                  progress: Progress) -> None:
-    """Submit batches as discovery yields files, at most `parallel_batches` in flight; stop
-    discovering once a batch says the API will take no more (402, daily limit). Whichever
+    """Submit batches as discovery yields files, at most `parallel_batches` sending (on
+    threads one more prepares or finishes meanwhile: see tasks.slots); stop discovering
+    once a batch says the API will take no more (402, daily limit). Whichever
     batch ends first frees its slot (waiting on the oldest would leave a finished batch's
     slot idle while an older one drains)."""
     parallel = settings.parallel_batches

@@ -144,24 +144,24 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, write: Writer, *, dur
 
 def link_local(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> bool:
     """Give `src`'s file a second name `dst` (no copy, no new file); False where there are
-    no hard links (object stores) or `dst` exists."""
+    no hard links (object stores, some network mounts) or `dst` exists."""
     if not is_local(fs):
         return False
     try:
         os.link(src, dst)
-    except FileExistsError:
+    except OSError:
         return False
     return True
 
 
 def move_local(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> bool:
     """Rename `src` over `dst` and stamp it with the current time; False where renames are
-    copies (object stores) or `src` is gone."""
+    copies (object stores), `src` is gone or the rename fails."""
     if not is_local(fs):
         return False
     try:
         os.replace(src, dst)
-    except FileNotFoundError:
+    except OSError:
         return False
     if os.path.lexists(src):  # two names of one file: rename(2) leaves both
         os.unlink(src)
