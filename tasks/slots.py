@@ -50,6 +50,9 @@ class Slots:
         with self._lock:
             while self._waiters:
                 loop, future = self._waiters.popleft()
+                if loop is _running_loop():
+                    loop.call_soon(_grant, future)  # same loop: no wake-up through its self-pipe
+                    return
                 try:
                     loop.call_soon_threadsafe(_grant, future)
                     return
@@ -63,6 +66,13 @@ class Slots:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         self.release()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _grant(future: asyncio.Future[None]) -> None:
