@@ -32,7 +32,7 @@ def task_runner_for(settings: Settings) -> TaskRunner[Any]:
     if settings.task_runner == "ray":
         return _ray(settings)
     # One thread more than parallel_batches: the batch that prepares or finishes while the
-    # others hold the run's request slots (tasks.slots).
+    # others hold the run's request slots (tasks.request_loop).
     return InterruptibleThreadPoolTaskRunner(max_workers=settings.parallel_batches + 1)
 
 

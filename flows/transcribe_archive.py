@@ -50,7 +50,7 @@ from tasks.discovery import AudioFile, DiscoveryFilter
 from tasks.endpoint import Endpoint
 from tasks.limits import request_limiter
 from tasks.resume import DiscoveryCounts, ResumeState, pending_files
-from tasks.slots import Slots
+from tasks.request_loop import RequestLoop
 
 _preloaded: contextvars.ContextVar[Settings | None] = contextvars.ContextVar("bulkscribe_settings", default=None)
 
@@ -215,15 +215,22 @@ def _batches(files: Iterable[AudioFile], size: int, parallel: int) -> Iterator[l
 def _run_batches(files: Iterable[AudioFile], cfg: BatchConfig, settings: Settings, summary: RunSummary,
                  progress: Progress) -> None:
     """Submit batches as discovery yields files, at most `parallel_batches` sending (on
-    threads one more prepares or finishes meanwhile: see tasks.slots); stop discovering
-    once a batch says the API will take no more (402, daily limit). Whichever
-    batch ends first frees its slot (waiting on the oldest would leave a finished batch's
-    slot idle while an older one drains)."""
+    threads one more prepares or finishes meanwhile: see tasks.request_loop); stop
+    discovering once a batch says the API will take no more (402, daily limit). Whichever
+    batch ends first frees its place (waiting on the oldest would leave a finished batch's
+    place idle while an older one drains)."""
     parallel = settings.parallel_batches
     shares = BudgetShares(cfg.budget, shared=not distributed(settings), parallel=parallel) if cfg.budget else None
-    window = parallel
-    if not distributed(settings):  # one batch more than the slots need: see tasks.slots
-        cfg, window = replace(cfg, slots=Slots(settings.concurrency * parallel)), parallel + 1
+    with contextlib.ExitStack() as stack:
+        window = parallel
+        if not distributed(settings):  # one loop for the run's requests, one batch more: see tasks.request_loop
+            requests = stack.enter_context(RequestLoop(cfg.endpoint, settings.concurrency * parallel, cfg.rate_limiter))
+            cfg, window = replace(cfg, requests=requests), parallel + 1
+        _submit_batches(files, cfg, settings, summary, progress, shares, window)
+
+
+def _submit_batches(files: Iterable[AudioFile], cfg: BatchConfig, settings: Settings, summary: RunSummary,
+                    progress: Progress, shares: BudgetShares | None, window: int) -> None:
     in_flight: list[tuple[int, PrefectFuture[BatchResult]]] = []
 
     def collect() -> None:
@@ -236,7 +243,7 @@ def _run_batches(files: Iterable[AudioFile], cfg: BatchConfig, settings: Setting
         progress.batch_done(result)
 
     with task_runner_for(settings) as runner:
-        for batch_no, batch in enumerate(_batches(files, settings.batch_size, parallel)):
+        for batch_no, batch in enumerate(_batches(files, settings.batch_size, settings.parallel_batches)):
             batch_cfg = replace(cfg, budget=shares.grant(batch_no)) if shares is not None else cfg
             in_flight.append((batch_no, runner.submit(transcribe_batch, {"files": batch, "cfg": batch_cfg,
                                                                          "batch_no": batch_no})))

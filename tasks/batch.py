@@ -9,6 +9,8 @@ The task is thin: sending is `tasks.sending`, rows are `tasks.rows`, writing `ta
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -25,7 +27,6 @@ from tasks.outcome import Outcome
 from tasks.reuse import copied_rows
 from tasks.rows import FailureRow, SegmentRow, TranscriptRow, words_table
 from tasks.sending import StopSignal, transcribe_one
-from tasks.slots import Slots
 
 
 @dataclass
@@ -70,7 +71,8 @@ def transcribe_batch(files: list[AudioFile], cfg: BatchConfig, batch_no: int) ->
     ledger = Ledger(cfg.out, cfg.storage_options)
     claims = Claims(cfg.out, cfg.owner or Owner.this_process(cfg.run_id), cfg.storage_options)
     stop = StopSignal()
-    outcomes = asyncio.run(_send_all(files, cfg, ledger, claims, stop))
+    sending = _send_all(files, cfg, ledger, claims, stop)
+    outcomes = cfg.requests.run(sending) if cfg.requests is not None else asyncio.run(sending)
     outcomes = _with_copies(files, outcomes, cfg)
     result = BatchResult(stop_reason=stop.reason or (cfg.budget.refusal if cfg.budget else None))
     for o in outcomes:
@@ -82,11 +84,10 @@ def transcribe_batch(files: list[AudioFile], cfg: BatchConfig, batch_no: int) ->
 
 async def _send_all(files: list[AudioFile], cfg: BatchConfig, ledger: Ledger, claims: Claims,
                     stop: StopSignal) -> list[Outcome]:
-    # Requests hold a slot (`tasks.slots`); a file being read, claimed or recorded does not,
-    # so up to twice `concurrency` files are under way for `concurrency` requests in flight.
-    slots = cfg.slots or Slots(cfg.concurrency)
+    # Requests hold a slot (see tasks.request_loop); a file being read, claimed or recorded
+    # does not, so up to twice `concurrency` files are under way for `concurrency` requests.
     under_way = asyncio.Semaphore(2 * cfg.concurrency)
-    async with cfg.endpoint.client(max_connections=slots.size, rate_limiter=cfg.rate_limiter) as client:
+    async with _client(cfg) as (client, slots):
 
         async def one(f: AudioFile) -> Outcome:
             async with under_way:
@@ -99,8 +100,18 @@ async def _send_all(files: list[AudioFile], cfg: BatchConfig, ledger: Ledger, cl
             _second_pass(client, f, o, cfg, ledger, claims, stop, slots) for f, o in zip(files, outcomes))))
 
 
+@contextlib.asynccontextmanager
+async def _client(cfg: BatchConfig) -> AsyncIterator[tuple[STTClient, asyncio.Semaphore]]:
+    """The run's client and slots (threads), or this batch's own (Dask, Ray)."""
+    if cfg.requests is not None:
+        yield cfg.requests.client, cfg.requests.slots
+        return
+    async with cfg.endpoint.client(max_connections=cfg.concurrency, rate_limiter=cfg.rate_limiter) as client:
+        yield client, asyncio.Semaphore(cfg.concurrency)
+
+
 async def _second_pass(client: STTClient, f: AudioFile, o: Outcome, cfg: BatchConfig, ledger: Ledger,
-                       claims: Claims, stop: StopSignal, slots: Slots) -> Outcome:
+                       claims: Claims, stop: StopSignal, slots: asyncio.Semaphore) -> Outcome:
     if not o.duplicate:
         return o
     return await transcribe_one(client, f, cfg, ledger, claims, stop, wait_for_duplicate=True, slots=slots)

@@ -12,7 +12,7 @@ from tasks.claims import Owner
 from tasks.endpoint import Endpoint
 from tasks.identity import JobOptions
 from tasks.retry import RetryPolicy
-from tasks.slots import Slots
+from tasks.request_loop import RequestLoop
 from tasks.upload import UploadPolicy
 
 #: What two chunks of a diarized file share, to tie their speakers together.
@@ -54,8 +54,9 @@ class BatchConfig:
     #: Shared by all batches of a run: stops sending once the estimate reaches the cap.
     budget: Budget | None = None
     rate_limiter: RateLimiter | None = None
-    #: Request slots shared by the batches of a run on threads (None: each batch has its own).
-    slots: Slots | None = None
+    #: The run's event loop, client and request slots, shared by its batches on threads
+    #: (None on Dask/Ray: each batch has its own).
+    requests: RequestLoop | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, *, out: str, run_id: str, endpoint: Endpoint,

@@ -30,7 +30,6 @@ from tasks.claims import Claim, Claims
 from tasks.discovery import AudioFile
 from tasks.ledger import Entry, Ledger
 from tasks.outcome import Outcome, as_copy, failure, success
-from tasks.slots import Slots
 from tasks.stitching import merge_answers
 from tasks.upload import Unit, UploadPlan, plan_upload
 from tasks.wire import Answer, Span, answer_from_json, answer_to_json
@@ -61,19 +60,20 @@ class Ended(Exception):
 
 
 async def transcribe_one(client: STTClient, f: AudioFile, cfg: BatchConfig, ledger: Ledger, claims: Claims,
-                         stop: StopSignal, *, wait_for_duplicate: bool = False, slots: Slots | None = None) -> Outcome:
+                         stop: StopSignal, *, wait_for_duplicate: bool = False,
+                         slots: asyncio.Semaphore | None = None) -> Outcome:
     """One file, start to end; every way it can end is an Outcome, never an exception.
 
     `wait_for_duplicate`: when another file of this run holds the same request (same
     content), wait for its answer and copy it, instead of ending as `duplicate`.
     `slots`: held around each request (default: `cfg.concurrency` of this file's own)."""
-    slots = slots or cfg.slots or Slots(cfg.concurrency)
+    slots = slots or asyncio.Semaphore(cfg.concurrency)
     return await FileSend(client, f, cfg, ledger, claims, stop, slots, wait_for_duplicate).run()
 
 
 class FileSend:
     def __init__(self, client: STTClient, f: AudioFile, cfg: BatchConfig, ledger: Ledger, claims: Claims,
-                 stop: StopSignal, slots: Slots, wait_for_duplicate: bool = False) -> None:
+                 stop: StopSignal, slots: asyncio.Semaphore, wait_for_duplicate: bool = False) -> None:
         self.client, self.f, self.cfg, self.ledger, self.claims, self.stop = client, f, cfg, ledger, claims, stop
         self.slots = slots
         self.wait_for_duplicate = wait_for_duplicate
