@@ -49,8 +49,8 @@ from tasks.claims import Owner, RunLease
 from tasks.discovery import AudioFile, DiscoveryFilter
 from tasks.endpoint import Endpoint
 from tasks.limits import request_limiter
-from tasks.resume import DiscoveryCounts, ResumeState, pending_files
 from tasks.request_loop import RequestLoop
+from tasks.resume import DiscoveryCounts, ResumeState, pending_files
 
 _preloaded: contextvars.ContextVar[Settings | None] = contextvars.ContextVar("bulkscribe_settings", default=None)
 
