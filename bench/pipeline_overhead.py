@@ -475,8 +475,11 @@ class ThreadProfiler:
         groups: collections.Counter[str] = collections.Counter()
         for name, pr in self.profiles:
             group = ("main thread (flow engine, flow body)" if name == "MainThread" else
-                     "asyncio.to_thread workers (plan_upload, ledger)" if name.startswith("asyncio_") else
-                     "Prefect task worker threads (task engine + batch event loop)"
+                     "to_thread workers (plan_upload, claims, ledger)"
+                     if name.startswith(("asyncio_", "bulkscribe-io")) else
+                     "the run's request loop (tasks.request_loop: HTTP, slots)"
+                     if name == "bulkscribe-requests" else
+                     "Prefect task worker threads (task engine, parts, ledger settling)"
                      if name.startswith("ThreadPoolExecutor") else f"other thread: {name}")
             groups[group] += sum(tt for (_cc, _nc, tt, _ct, _c) in pr.stats.values())
         if not st:
