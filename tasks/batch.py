@@ -71,14 +71,17 @@ def transcribe_batch(files: list[AudioFile], cfg: BatchConfig, batch_no: int) ->
     ledger = Ledger(cfg.out, cfg.storage_options)
     claims = Claims(cfg.out, cfg.owner or Owner.this_process(cfg.run_id), cfg.storage_options)
     stop = StopSignal()
-    sending = _send_all(files, cfg, ledger, claims, stop)
-    outcomes = cfg.requests.run(sending) if cfg.requests is not None else asyncio.run(sending)
-    outcomes = _with_copies(files, outcomes, cfg)
-    result = BatchResult(stop_reason=stop.reason or (cfg.budget.refusal if cfg.budget else None))
-    for o in outcomes:
-        result.add(o)
-    write_outcomes(cfg, outcomes, part_name=_part_name(cfg.run_id, batch_no))
-    settle_ledger(outcomes, ledger, claims)
+    try:
+        sending = _send_all(files, cfg, ledger, claims, stop)
+        outcomes = cfg.requests.run(sending) if cfg.requests is not None else asyncio.run(sending)
+        outcomes = _with_copies(files, outcomes, cfg)
+        result = BatchResult(stop_reason=stop.reason or (cfg.budget.refusal if cfg.budget else None))
+        for o in outcomes:
+            result.add(o)
+        write_outcomes(cfg, outcomes, part_name=_part_name(cfg.run_id, batch_no))
+        settle_ledger(outcomes, ledger, claims)
+    finally:
+        claims.close()
     return result
 
 

@@ -1,9 +1,10 @@
 """Claims: one run at a time per request, however many runs share an OUT.
 
 Before a request leaves, its run claims it by creating `OUT/_ledger/<key>.claim.<gen>`
-exclusively (O_EXCL on a local disk, a conditional PUT on S3). Whatever else runs against
-the same OUT at that moment (a nightly run and a backfill, two shards, a user's CLI run
-beside a deployment) finds the claim and leaves the request alone: nothing is sent twice.
+exclusively (a hard link to the batch's journal on a local disk, see `tasks.journal`; a
+conditional PUT on S3). Whatever else runs against the same OUT at that moment (a nightly
+run and a backfill, two shards, a user's CLI run beside a deployment) finds the claim and
+leaves the request alone: nothing is sent twice.
 
 A claim belongs to a run, and a run is alive while its lease is: every run keeps
 `OUT/_ledger/_runs/<run_id>.json` fresh (a heartbeat every `HEARTBEAT_S`) and removes it
@@ -11,7 +12,7 @@ when it ends. A claim whose run has no fresh lease (or, on the same machine, who
 process is gone: kill -9 is noticed at once) is stale and can be taken over, by creating
 the next generation exclusively, so two runs taking over the same stale claim cannot
 both win. A finished request keeps its claim as a tombstone ("done", or its last ledger entry,
-complete, renamed over it) until no run that started before it finished is still alive:
+complete, once the entry's own name is gone) until no run that started before it finished is still alive:
 a run that listed the archive before the request finished must not send it again.
 """
 
@@ -27,7 +28,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from tasks import storage
-from tasks.ledger import ClaimFile
+from tasks.journal import Journal
+from tasks.ledger import ClaimFile, parse_entry
 
 HEARTBEAT_S = 15.0
 STALE_AFTER_S = 90.0
@@ -116,11 +118,6 @@ class RunLease:
             pass
 
 
-def _finished(claim: dict[str, Any]) -> bool:
-    """A tombstone: written as one ("done"), or a complete ledger entry renamed over the claim."""
-    return claim.get("state") == "done" or claim.get("complete") is True
-
-
 @dataclass(frozen=True)
 class Claim:
     status: ClaimStatus
@@ -134,7 +131,11 @@ class Claims:
         self.fs, root = storage.filesystem_for(out, storage_options)
         self.root = root.rstrip("/") + "/_ledger"
         self.owner = owner
+        #: Carried by every claim and ledger entry: who to ask whether the request is still in hand.
+        self.owner_fields: dict[str, Any] = asdict(owner)
         self._held: dict[str, int] = {}
+        self._journal = Journal(self.root, owner.run_id) if storage.is_local(self.fs) else None
+        self._links = True
         self._leases: dict[str, tuple[float, dict[str, Any] | None]] = {}
 
     @property
@@ -153,15 +154,16 @@ class Claims:
         gen = 0
         carried = {**entry, "state": "sent"} if entry is not None else {"state": "active"}
         while True:
-            body = json.dumps({**carried, **asdict(self.owner), "at": _stamp()}).encode()
-            if storage.create_exclusive(self.fs, self._path(key, gen), body, durable=entry is not None):
+            body = json.dumps({**carried, **self.owner_fields, "key": key, "at": _stamp()}).encode()
+            if self._create(key, self._path(key, gen), body, durable=entry is not None):
                 self._held[key] = gen
                 return Claim("mine")
             gen, current = self._latest(key)
-            if current is None:  # released meanwhile: try the first generation again
+            if current is None:  # released meanwhile, or being claimed by this batch: try again
                 gen = 0
+                time.sleep(0.001)
                 continue
-            if _finished(current):
+            if self._finished(key, gen, current):
                 return Claim("done", str(current.get("run_id", "")))
             holder = str(current.get("run_id", ""))
             if holder == self.owner.run_id:
@@ -169,6 +171,45 @@ class Claims:
             if self._alive(current):
                 return Claim("busy", holder)
             gen += 1  # stale: take over with the next generation
+
+    def _create(self, key: str, path: str, body: bytes, *, durable: bool) -> bool:
+        """Create the claim file exclusively: on a local disk a link to the batch's journal,
+        `body` appended to it (see `tasks.journal`), else a file of its own."""
+        if durable and self._journal is not None and self._links:
+            try:
+                created = self._journal.claim(key, path, body)
+            except OSError:  # no hard links here (or too many): files of their own from now on
+                self._links, created = False, None
+            if created is not None:
+                return created
+        return storage.create_exclusive(self.fs, path, body, durable=durable)
+
+    def close(self) -> None:
+        """The batch is over (its claims released or finished)."""
+        if self._journal is not None:
+            self._journal.close()
+
+    def orphan_journals(self) -> list[str]:
+        """Journal names left by runs that ended without closing them (kill -9, a crash)."""
+        folder = f"{self.root}/_journals"
+        if not self.fs.exists(folder):
+            return []
+        orphans = []
+        for path in self.fs.ls(folder, detail=False):
+            run_id = str(path).rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]
+            lease = self.lease(run_id)
+            if run_id != self.owner.run_id and not (lease and self._alive({**lease, "run_id": run_id})):
+                orphans.append(str(path))
+        return orphans
+
+    def _finished(self, key: str, gen: int, claim: dict[str, Any]) -> bool:
+        """A tombstone: written as one ("done"), or a complete ledger entry that the claim
+        holds once the entry's own name is gone (while both names remain, the request is
+        answered and its rows are not written yet: see `Ledger.retire`)."""
+        if claim.get("state") == "done":
+            return True
+        entry = f"{self.root}/{key}.json"
+        return claim.get("complete") is True and not storage.same_local_file(self.fs, self._path(key, gen), entry)
 
     def _latest(self, key: str) -> tuple[int, dict[str, Any] | None]:
         prefix = f"{self.root}/{key}.claim."
@@ -179,9 +220,11 @@ class Claims:
                 gens.append(int(tail))
         for gen in sorted(gens, reverse=True):
             try:
-                return gen, json.loads(self.fs.cat_file(self._path(key, gen)))
-            except (FileNotFoundError, ValueError):
+                body = parse_entry(storage.cat(self.fs, self._path(key, gen)), key)
+            except FileNotFoundError:
                 continue
+            if body is not None:
+                return gen, body
         return 0, None
 
     def _alive(self, claim: dict[str, Any]) -> bool:

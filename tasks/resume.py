@@ -47,7 +47,8 @@ class ResumeState:
         ledger = Ledger(out, storage_options)
         scan = ledger.scan()
         ledger.clear([k for k in scan.entries if k in done.contents])
-        ledger.remove(Claims(out, owner, storage_options).collectable(scan.claims, set(done.contents)))
+        claims = Claims(out, owner, storage_options)
+        ledger.remove(claims.collectable(scan.claims, set(done.contents)) + claims.orphan_journals())
         return cls(done, sum(1 for k in scan.entries if k not in done.contents))
 
 

@@ -176,8 +176,9 @@ class FileSend:
         return claim, self.ledger.read(key) if claim.status == "mine" else None
 
     def _identity(self, plan: UploadPlan) -> Entry:
-        return {"mode": plan.mode, "source": self.f.url, "fingerprint": self.f.fingerprint,
-                "model": self.cfg.options.model, "run_id": self.cfg.run_id}
+        # The owner too: a claim holding this entry (see tasks.ledger) still says whose it is.
+        return {**self.claims.owner_fields, "mode": plan.mode, "source": self.f.url,
+                "fingerprint": self.f.fingerprint, "model": self.cfg.options.model, "run_id": self.cfg.run_id}
 
     def _recorded(self) -> list[tuple[Span, Answer]]:
         answers = self.entry.get("answers") or {}

@@ -107,9 +107,21 @@ def join(url: str, *parts: str) -> str:
 
 
 def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> bytes:
+    if split_protocol(url)[0] is None:  # a local path: fsspec's resolution would triple the CPU of a small read
+        with open(os.path.expanduser(url), "rb") as fh:
+            return fh.read()
     fs, path = filesystem_for(url, storage_options)
     with fs.open(path, "rb") as fh:
         return fh.read()
+
+
+def cat(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
+    """A whole (small) file: plain open() on a local disk, where fsspec's own costs several
+    times the read (more for a missing file's error)."""
+    if is_local(fs):
+        with open(path, "rb") as fh:
+            return fh.read()
+    return bytes(fs.cat_file(path))
 
 
 def _temp_beside(path: str) -> str:
@@ -145,27 +157,71 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, write: Writer, *, dur
 def link_local(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> bool:
     """Give `src`'s file a second name `dst` (no copy, no new file); False where there are
     no hard links (object stores, some network mounts) or `dst` exists."""
-    if not is_local(fs):
-        return False
-    try:
-        os.link(src, dst)
-    except OSError:
-        return False
-    return True
+    return _on_local_disk(fs, lambda: os.link(src, dst))
 
 
 def move_local(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> bool:
     """Rename `src` over `dst` and stamp it with the current time; False where renames are
     copies (object stores), `src` is gone or the rename fails."""
+
+    def move() -> None:
+        os.replace(src, dst)
+        if os.path.lexists(src):  # two names of one file: rename(2) leaves both
+            os.unlink(src)
+        os.utime(dst)
+
+    return _on_local_disk(fs, move)
+
+
+def append_local(fs: fsspec.AbstractFileSystem, path: str, data: bytes, *, max_bytes: int,
+                 durable: bool = False) -> bool:
+    """Append `data` to the existing file `path`, fsynced if `durable`; False where `path`
+    is missing, not on a local disk, or would grow past `max_bytes`.
+
+    Why: creating a file is what small writes cost (0.5-0.8 ms of CPU per file on the ext4
+    measured here, an append to an open file microseconds)."""
     if not is_local(fs):
         return False
     try:
-        os.replace(src, dst)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     except OSError:
         return False
-    if os.path.lexists(src):  # two names of one file: rename(2) leaves both
-        os.unlink(src)
-    os.utime(dst)
+    try:
+        if os.fstat(fd).st_size + len(data) > max_bytes:
+            return False
+        write_all(fd, data)
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until all of `data` is written (a write may take only part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def same_local_file(fs: fsspec.AbstractFileSystem, a: str, b: str) -> bool:
+    """`a` and `b` are two names of one file on a local disk (False if either is missing)."""
+    if not is_local(fs):
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _on_local_disk(fs: fsspec.AbstractFileSystem, step: Callable[[], None]) -> bool:
+    """Run a link/rename `step` on a local disk; False on object stores or when it fails."""
+    if not is_local(fs):
+        return False
+    try:
+        step()
+    except OSError:
+        return False
     return True
 
 

@@ -8,7 +8,6 @@ the flow run on the real model.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -27,6 +26,7 @@ from config.settings import Settings
 from flows.transcribe_archive import run_with_settings
 from stt.contract import AsyncJob, StatusResponse
 from stt.server.launcher import EmbeddedServer
+from tasks.ledger import parse_entry
 from tests.conftest import REPO, audio_file, balance, distinct_copy, reference, usage, wer
 from tests.fake_server import FlakyEngine, GatedEngine, in_process_server, wait_for_job
 
@@ -105,9 +105,10 @@ def test_diarization_segments_and_speaker_ids(server):
 
 def _state(entry: Path) -> str | None:
     try:
-        return json.loads(entry.read_bytes()).get("state")
-    except (OSError, ValueError):
+        recorded = parse_entry(entry.read_bytes(), entry.stem)
+    except OSError:
         return None  # gone meanwhile
+    return None if recorded is None else recorded.get("state")
 
 
 def _archive(tmp_path: Path, names: list[str]) -> Path:

@@ -21,7 +21,6 @@ ledger (/api/usage) and the tables:
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -35,6 +34,7 @@ import pytest
 
 from flows.prefect_api import temporary_prefect_api
 from stt.server.launcher import EmbeddedServer
+from tasks.ledger import parse_entry
 from tests.conftest import REPO, distinct_copy, paid_per_file
 
 FILES = 12
@@ -76,8 +76,10 @@ def _ledger_states(out: Path) -> dict[str, str]:
     states = {}
     for path in (out / "_ledger").glob("*.json"):
         try:
-            entry = json.loads(path.read_text())
-        except (OSError, ValueError):
+            entry = parse_entry(path.read_bytes(), path.stem)
+        except OSError:
+            continue
+        if entry is None:
             continue
         states[entry.get("source", "")] = "answered" if entry.get("answers") else entry.get("state", "")
     return states

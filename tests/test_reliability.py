@@ -179,12 +179,11 @@ def test_an_exclusive_create_is_won_once_and_leaves_one_whole_file(tmp_path):
 
 
 def test_a_finished_request_leaves_its_last_entry_as_the_claims_tombstone(fake_server, tmp_path):
-    """On a local disk the 'sent' entry is the claim itself (a hard link) and the answered entry
-    is renamed over the claim once the rows are written: nothing else is left, and a run that
-    started earlier finds the request done instead of sending it again."""
-    import json
-
+    """On a local disk the 'sent' entry is the claim itself (a hard link), the answer is appended
+    to it, and once the rows are written the entry's name is dropped: nothing else is left, and
+    a run that started earlier finds the request done instead of sending it again."""
     from tasks.claims import Claims
+    from tasks.ledger import parse_entry
 
     src = tmp_path / "src"
     distinct_copy("timit_LDC93S1.wav", src / "a.wav")
@@ -193,9 +192,9 @@ def test_a_finished_request_leaves_its_last_entry_as_the_claims_tombstone(fake_s
     ledger = tmp_path / "out" / "_ledger"
     left = sorted(p.name for p in ledger.iterdir() if p.is_file())
     assert len(left) == 1 and ".claim." in left[0], left  # no entry, no temp file: one tombstone
-    body = json.loads((ledger / left[0]).read_text())
-    assert body["complete"] is True and body["state"] == "answered" and body["answers"]
     key = left[0].split(".claim.")[0]
+    body = parse_entry((ledger / left[0]).read_bytes(), key)
+    assert body is not None and body["complete"] is True and body["state"] == "answered" and body["answers"]
     assert Claims(str(tmp_path / "out"), _owner("earlier")).acquire(key).status == "done"
 
 
@@ -224,3 +223,88 @@ def test_the_claim_carries_the_sent_entry_until_it_is_published(tmp_path):
     assert big.acquire("long", first).status == "mine"
     ledger.write("long", {**first, "answers": {"0": {"text": "x" * 100_000}}, "complete": True})
     assert not ledger.retire("long", str(big.held_path("long")))  # a long answer is not kept as a tombstone
+
+
+def test_an_answer_appended_to_the_claim_survives_its_run(tmp_path):
+    """The answer is appended to the published claim (no new file); a torn line from a crash
+    mid-append is skipped; the claim of a dead run that holds an answer without rows is not a
+    tombstone: the next run takes it over and finds the answer (nothing is sent again)."""
+    import socket
+    import subprocess
+    import sys
+
+    from tasks.claims import Claims, Owner
+    from tasks.ledger import Ledger
+
+    out = str(tmp_path / "out")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = Claims(out, Owner("dead-run", socket.gethostname(), gone.pid, "1"))
+    ledger = Ledger(out)
+    first = {"source": "file:///a.wav", "jobs": {}, "answers": {}}
+    assert dead.acquire("k", first).status == "mine"
+    path = str(dead.held_path("k"))
+    assert ledger.publish("k", path)
+    entry = ledger.read("k")
+    assert entry is not None
+    ledger.write("k", {**entry, "state": "answered", "complete": True, "answers": {"0": {"text": "hello"}}})
+    assert os.stat(path).st_ino == os.stat(f"{out}/_ledger/k.json").st_ino  # appended: still one file
+    with open(path, "ab") as f:
+        f.write(b'\n{"state": "sent", "answ')  # a crash mid-append
+    assert len([line for line in Path(path).read_bytes().splitlines() if line]) == 3
+    recorded = ledger.read("k")
+    assert recorded is not None and recorded["answers"] == {"0": {"text": "hello"}}
+    assert recorded["pid"] == gone.pid  # the owner travels with the entry: the dead run is noticed at once
+    later = Claims(out, _owner("r2"))
+    assert later.acquire("k", first).status == "mine"  # not "done": the rows were never written
+    taken = str(later.held_path("k"))
+    assert taken != path and ledger.read("k") == recorded
+    assert ledger.retire("k", taken)
+    later.finish("k", retired=True)
+    assert Claims(out, _owner("r3")).acquire("k").status == "done"
+
+
+def test_a_batch_keeps_its_requests_in_one_journal_file(tmp_path):
+    """On a local disk a batch's claims and entries are names of one journal file (no file
+    created per request); each name reads as its own request; the journal's own name goes
+    when the batch ends, and one left by a dead run is found as an orphan."""
+    import socket
+    import subprocess
+    import sys
+
+    from tasks.claims import Claims, Owner, RunLease
+    from tasks.ledger import Ledger
+
+    out = str(tmp_path / "out")
+    ledger, claims = Ledger(out), Claims(out, _owner("r1"))
+    for key in ("k1", "k2", "k3"):
+        assert claims.acquire(key, {"source": f"file:///{key}.wav", "jobs": {}, "answers": {}}).status == "mine"
+        assert ledger.publish(key, str(claims.held_path(key)))
+    paths = [f"{out}/_ledger/{k}.claim.0" for k in ("k1", "k2", "k3")]
+    assert len({os.stat(p).st_ino for p in paths}) == 1  # one file, six names (3 claims, 3 entries)
+    assert claims.acquire("k2", {"source": "file:///twin.wav", "jobs": {}, "answers": {}}).status == "same_run"
+    sent = ledger.read("k2")
+    assert sent is not None and sent["source"] == "file:///k2.wav"  # the losing attempt left no line
+    ledger.write("k2", {**sent, "state": "answered", "complete": True, "answers": {"0": {"text": "two"}}})
+    states = {k: (ledger.read(k) or {}).get("state") for k in ("k1", "k2", "k3")}
+    assert states == {"k1": "sent", "k2": "answered", "k3": "sent"}
+    assert [(ledger.read(k) or {}).get("source") for k in ("k1", "k3")] == ["file:///k1.wav", "file:///k3.wav"]
+    journals = os.listdir(f"{out}/_ledger/_journals")
+    assert len(journals) == 1
+    with RunLease(out, claims.owner):
+        assert Claims(out, _owner("r2")).acquire("k2").status == "busy"  # answered, rows not written
+        assert ledger.retire("k2", paths[1])
+        claims.finish("k2", retired=True)
+        assert Claims(out, _owner("r2")).acquire("k2").status == "done"
+        assert Claims(out, _owner("r2")).acquire("k1").status == "busy"
+        assert Claims(out, _owner("r2")).orphan_journals() == []  # r1 is alive
+    claims.close()
+    assert os.listdir(f"{out}/_ledger/_journals") == []
+    assert (ledger.read("k3") or {}).get("state") == "sent"  # its names keep the content
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = Claims(out, Owner("dead-run", socket.gethostname(), gone.pid, "1"))
+    assert dead.acquire("k4", {"source": "file:///k4.wav", "jobs": {}, "answers": {}}).status == "mine"
+    orphans = Claims(out, _owner("r3")).orphan_journals()  # a kill -9 leaves the journal's name
+    assert [os.path.basename(p).split(".")[0] for p in orphans] == ["dead-run"]
