@@ -20,7 +20,10 @@ a large MAX_QUEUE so nothing is answered 503) serves both sides, in one run:
   (a) baseline: a bare asyncio + httpx loop sending the same N multipart requests
       (same bytes, file names and form fields, one idempotency key per request like the
       flow, but fresh ones so the server does not replay the flow's answers) with
-      C x P requests in flight, which is the flow's total concurrency.
+      C x P requests in flight, which is the flow's total concurrency. It posts `files=`
+      and `data=` as httpx does by default, streaming the multipart body in a dozen
+      pieces; the flow's client (stt.client) sends the same bytes in one buffer, which
+      costs it about half the client CPU per request (see `stt.client._multipart`).
 
 The server is warmed up first (untimed requests), and so is Prefect (one small flow run
 over a few separate files, untimed but reported). Then `--rounds` rounds (default 2) in
