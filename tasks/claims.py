@@ -11,9 +11,10 @@ A claim belongs to a run, and a run is alive while its lease is: every run keeps
 when it ends. A claim whose run has no fresh lease (or, on the same machine, whose
 process is gone: kill -9 is noticed at once) is stale and can be taken over, by creating
 the next generation exclusively, so two runs taking over the same stale claim cannot
-both win. A finished request keeps its claim as a tombstone ("done", or its last ledger entry,
-complete, once the entry's own name is gone) until no run that started before it finished is still alive:
-a run that listed the archive before the request finished must not send it again.
+both win. A finished request keeps its claim as a tombstone ("done", or its last ledger
+entry, complete, once the entry's own name is gone) until no run that started before it
+finished is still alive: a run that listed the archive before the request finished must
+not send it again.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A batch's journal: one file holding the ledger entries of the batch's requests.
 
-On a local disk, creating a file is what the ledger's bookkeeping costs (0.5-0.8 ms of
+On a local disk, creating a file is what the ledger's bookkeeping costs (0.3-0.8 ms of
 CPU per file on the ext4 measured here, against microseconds for a link or an append),
 and a claim and its entry once took a file per request. So a batch opens one journal
 file, appends each request's entries to it as JSON lines (each with its request key,
