@@ -22,7 +22,7 @@ import os
 import threading
 import uuid
 
-from tasks import storage
+from tasks import group_sync, storage
 
 #: A journal past this size takes no more entries: the batch's later requests fall back
 #: to files of their own (a tombstone keeps its whole journal until it is collected).
@@ -55,7 +55,7 @@ class Journal:
             self._writers += 1
         try:
             storage.write_all(fd, b"\n" + line)
-            os.fsync(fd)  # outside the lock: concurrent fsyncs of one file share the disk's flush
+            group_sync.fsync(fd)  # outside the lock: the batch's appenders share their fsyncs
         finally:
             with self._lock:
                 self._writers -= 1

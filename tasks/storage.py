@@ -21,6 +21,8 @@ from typing import IO, Any
 import fsspec
 from fsspec.core import split_protocol, url_to_fs
 
+from tasks import group_sync
+
 _S3_PROTOCOLS = ("s3", "s3a")
 _LOCAL_PROTOCOLS = ("file", "local")
 # SigV4 caps presigned URLs at 7 days; asking for more fails only when the URL is used.
@@ -193,7 +195,7 @@ def append_local(fs: fsspec.AbstractFileSystem, path: str, data: bytes, *, max_b
             return False
         write_all(fd, data)
         if durable:
-            os.fsync(fd)
+            group_sync.fsync(fd)  # shared with the other appenders to the file (a batch's journal)
     finally:
         os.close(fd)
     return True
