@@ -14,6 +14,7 @@ Two identities, for two questions:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -32,6 +33,10 @@ class JobOptions:
     tag_audio_events: bool = False
 
     def as_json(self) -> str:
+        return self._json
+
+    @functools.cached_property
+    def _json(self) -> str:  # asked for twice per file (request key, transcript row): made once
         return json.dumps(asdict(self), sort_keys=True)
 
     def request_key(self, content_id: str) -> str:
