@@ -11,6 +11,7 @@ from collections import Counter
 import os
 import urllib.request
 import socket
+import threading
 from pathlib import Path
 
 import httpx
@@ -130,6 +131,15 @@ _AWS_VARS = (
 )
 
 
+
+
+def run_threads(target, count: int) -> None:
+    """Run `target(i)` for i in 0..count-1, each in its own thread, and wait for all."""
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def free_port() -> int:

@@ -12,13 +12,12 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import audio_file
+from tests.conftest import audio_file, run_threads
 
 REPO = Path(__file__).resolve().parents[1]
 SR = 16000
@@ -259,11 +258,7 @@ def test_thread_safe_same_answer(diarizer):
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(work, 2)
     assert not errors
     assert all(r == expected for r in results)
 

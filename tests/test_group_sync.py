@@ -9,6 +9,7 @@ import time
 import pytest
 
 from tasks import group_sync
+from tests.conftest import run_threads
 
 
 def _slow_recording_fsync(monkeypatch: pytest.MonkeyPatch, syncs: list[tuple[float, float]]) -> None:
@@ -45,11 +46,7 @@ def test_concurrent_appenders_share_syncs_and_each_is_covered(tmp_path, monkeypa
         finally:
             os.close(fd)
 
-    threads = [threading.Thread(target=append, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(append, 8)
     assert sorted(returned) == list(range(8))
     assert 1 <= len(syncs) < 8, f"{len(syncs)} syncs for 8 appenders arriving together"
     for i in range(8):  # some sync started after the write and ended before the call returned
