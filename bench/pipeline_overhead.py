@@ -47,7 +47,8 @@ the speech instead (for a faster machine; use --files 50 here). Each copy differ
 the others in a few samples (`bench._common.distinct_copy`), so the bytes, the content
 hashes and the request keys differ, and in its mtime.
 
-Printed: files/s of each side, CPU used per file by this process (flow or loop), by the
+Printed: files/s of each side, each round's own ratio (how much the machine's drift moves
+it within one run), CPU used per file by this process (flow or loop), by the
 STT server and by the Prefect API server (harness subprocess), the server-side timeline
 of each side (when the first and last answers were recorded by the server, and how long
 the server sat without recording an answer for more than 3x the median interval), and
@@ -221,6 +222,14 @@ async def baseline(api_url: str, api_key: str, paths: list[Path], model: str, la
 
         await asyncio.gather(*(worker() for _ in range(in_flight)))
     return ok
+
+
+def round_ratios(phases: list[Phase]) -> str:
+    """Each round's own ratio: how far the machine's drift moved the figure within this run."""
+    pairs = [phases[i: i + 2] for i in range(0, len(phases) - 1, 2)]
+    ratios = [next(p.wall for p in pair if p.side == "a") / next(p.wall for p in pair if p.side == "b")
+              for pair in pairs if {p.side for p in pair} == {"a", "b"}]
+    return " ".join(f"{r:.3f}" for r in ratios) or "-"
 
 
 # -- server-side timeline -------------------------------------------------------------------------
@@ -708,6 +717,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"(b) flow:     {rate['b']:.2f} files/s  ({count['b']} run(s) of {n} files, total files / total time)")
     print(f"(a) baseline: {rate['a']:.2f} files/s  ({count['a']} run(s) of {n} files)")
+    print(f"per round (flow / baseline, the two phases of one round back to back): {round_ratios(phases)}")
     print(f"total runtime {time.perf_counter() - started:.0f} s, loadavg now {os.getloadavg()[0]:.2f}, "
           f"goal ratio >= {RATIO_GOAL}")
     print(f"ratio={rate['b'] / rate['a']:.3f}")
