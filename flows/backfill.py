@@ -12,7 +12,9 @@ finished shard is counted, not run again; a failed, crashed or cancelled one get
 attempt (key suffix `:1`, `:2`...). A shard whose run still says Running but whose
 process is gone (its lease in OUT/_ledger/_runs is stale, or its pid is gone on this
 machine: a killed worker), or that a worker took (Pending) and never started within
-`pending_grace_s`, is marked Crashed and retried the same way. Files are never
+`pending_grace_s`, is marked Crashed and retried the same way; so is one that turns Crashed
+while the backfill waits (two backfills of the same shards: the other one marked it, and
+both follow the same next attempt). Files are never
 paid twice across attempts: the claims in OUT (tasks.claims) make a second run leave a
 file alone while a live run holds it, and take it over once that run is dead.
 """
@@ -133,10 +135,14 @@ def _wait(work: list[Shard], deployment: str, liveness: Liveness, poll_s: float)
                 if shard.final or shard.run is None:
                     continue
                 shard.run = client.read_flow_run(shard.run.id)
-                if liveness.dead(shard.run):
+                # Crashed: marked so by another backfill of the same shards (a re-run while
+                # this one still waits), which starts the next attempt: follow it, as `_start` does.
+                crashed = shard.run.state is not None and shard.run.state.is_crashed()
+                if crashed or liveness.dead(shard.run):
                     get_run_logger().warning("shard %d: run %s lost its process; retrying it", shard.index,
                                              shard.run.name)
-                    _mark_crashed(shard.run.id)
+                    if not crashed:
+                        _mark_crashed(shard.run.id)
                     shard.attempt += 1
                     _start(shard, deployment, liveness)
 
