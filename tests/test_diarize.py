@@ -126,6 +126,24 @@ def diarizer() -> Diarizer:
     return d
 
 
+@pytest.mark.parametrize("num_samples", [SR, 10 * SR, 10 * SR + 1, 12 * SR, 30 * SR, 30 * SR + 1,
+                                         30 * SR + SR // 2, 30 * SR + SR + 1, 3600 * SR + 7])
+def test_chunk_starts_cover_the_audio_without_near_copies(num_samples):
+    from stt.server.diarization.segmentation import CHUNK_SAMPLES, chunk_starts
+
+    step = 2 * SR
+    starts = chunk_starts(num_samples, step)
+    assert starts[0] == 0 and starts == sorted(starts)
+    assert starts[-1] + CHUNK_SAMPLES >= num_samples  # the last chunk reaches the end
+    assert all(s + CHUNK_SAMPLES <= max(num_samples, CHUNK_SAMPLES) for s in starts)
+    gaps = np.diff(starts)
+    assert all(gaps <= step * 3 // 2)  # consecutive chunks overlap by most of their length
+    if num_samples >= CHUNK_SAMPLES + step:  # (under 12 s a second chunk may nearly repeat the first)
+        assert all(gaps > step // 2)  # no near-copy of a chunk
+    if num_samples == 30 * SR + 1:
+        assert len(starts) == 11  # not 12: the samples past 30 s move the last chunk
+
+
 def _audio(name: str) -> np.ndarray:
     from faster_whisper import decode_audio
 

@@ -125,11 +125,20 @@ def model_path() -> Path:
 
 
 def chunk_starts(num_samples: int, step_samples: int) -> list[int]:
-    """Sample offsets of the 10 s chunks: every step, plus one ending at the end of the audio."""
+    """Sample offsets of the 10 s chunks: every step, the last one ending at the end of the audio.
+
+    When the audio runs less than half a step past a whole step (a 30 s file of 480,001
+    samples), the last chunk is moved to the end instead of adding one that nearly repeats
+    it: a near-copy would be a whole model run for a few samples and would count twice in
+    the chunks' votes over its 10 s.
+    """
     if num_samples <= CHUNK_SAMPLES:
         return [0]
     starts = list(range(0, num_samples - CHUNK_SAMPLES + 1, step_samples))
-    if starts[-1] + CHUNK_SAMPLES < num_samples:
+    rest = num_samples - CHUNK_SAMPLES - starts[-1]
+    if rest > 0 and len(starts) > 1 and rest <= step_samples // 2:
+        starts[-1] += rest
+    elif rest > 0:
         starts.append(num_samples - CHUNK_SAMPLES)
     return starts
 
