@@ -93,7 +93,9 @@ def test_s3_archive_to_s3_output(prefect_api, server, s3_env, tmp_path):
     modes = {src.rsplit("/", 1)[-1]: mode for src, mode in zip(t["source"], t["upload_mode"])}
     assert modes == {"small.wav": "direct", "large.wav": "url", "very-long.wav": "reencode"}
     row = t.filter(pl.col("source").str.ends_with("very-long.wav")).row(0, named=True)
-    assert words_of(row["text"]).count("ask not what your country") >= 4
+    # JFK's sentence is in it six times; "what your country can do" whether the model hears
+    # "ask not" or "asked not" (it varies with the CPU's kernels on the re-encoded audio)
+    assert words_of(row["text"]).count("what your country can do") >= 4
     assert row["duration_s"] == pytest.approx(200, abs=8)
     f = pl.from_arrow(tables.read_table("s3://results/run1", "failures")).row(0, named=True)
     assert f["source"].endswith("broken.mp3") and f["status_code"] == 400

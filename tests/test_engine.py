@@ -14,7 +14,7 @@ import pytest
 from stt.server.audio import SAMPLE_RATE, decode
 from stt.server.settings import ServerSettings
 from stt.server.whisper_engine import WhisperEngine
-from tests.conftest import audio_file, reference, wer
+from tests.conftest import audio_file, normalize, reference, wer
 
 pytestmark = pytest.mark.real_model
 
@@ -103,7 +103,11 @@ def test_concurrent_short_requests_share_batches_and_get_their_own_text(fast):
 
 def test_long_input_in_pieces_loses_and_doubles_no_words_at_the_seams(fast):
     """Three clips with pauses, read back in pieces of at most 12 s of speech: each seam
-    falls in a pause, and the text is as good as in one piece."""
+    falls in a pause, the words on either side of every seam are there exactly once, and
+    the text is about as good as in one piece. (Decoded alone or after another clip, the
+    ambiguous TIMIT sentence comes out a word or two differently, and which way depends
+    on the CPU's kernels: "your dark suit" / "a ducksuit" / "Jadaksew". The bound on WER
+    leaves room for that, not for a lost sentence.)"""
     names = ("jfk_inaugural.flac", "timit_LDC93S1.wav", "librispeech_1995-1837-0001.ogg")
     pause = np.zeros(int(2.5 * SAMPLE_RATE), dtype=np.float32)
     audio = np.concatenate([part for name in names for part in (decode(str(audio_file(name))), pause)])
@@ -114,5 +118,9 @@ def test_long_input_in_pieces_loses_and_doubles_no_words_at_the_seams(fast):
     several = pieced.transcribe(audio, accurate=False, language="en")
     assert _delta(pieced, before)["encoder_passes"] >= 3  # at least one window per piece
     assert several.duration_s == pytest.approx(len(audio) / SAMPLE_RATE)
-    assert wer(expected, several.text) <= wer(expected, one.text) + 0.02
+    words = " ".join(normalize(several.text))
+    for phrase in ("and so my fellow", "for your country", "she had", "all year", "it was the first",
+                   "built around it"):  # the first and last words of each clip
+        assert words.count(phrase) == 1, (phrase, several.text)
+    assert wer(expected, several.text) <= wer(expected, one.text) + 0.05
     assert wer(expected, several.text) < 0.15
