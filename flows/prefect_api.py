@@ -27,8 +27,9 @@ _PR_SET_PDEATHSIG = 1
 
 #: Prefect's task run recorder writes each task-run state event in its own transaction by
 #: default (batch size 1): ~25 ms of the API server's CPU per event, three events per batch
-#: task, the largest share of what the temporary API costs a run (1.5 ms instead of 2.1-2.8 ms
-#: of its CPU per file over 1,000 silent clips, measured in this session). Batched, the states
+#: task, the largest share of what the temporary API costs a run (batched: 1.5 ms instead of
+#: 2.1-2.8 ms of its CPU per file, 1,000 silent clips as bench/pipeline_overhead sends them,
+#: batches of 50 on a 2-core VM). Batched, the states
 #: reach its database at most a second later, which nobody waits for: the flow follows
 #: its tasks in-process, and the server writes what it holds when it stops. Values set in
 #: the environment win.
