@@ -226,6 +226,7 @@ def test_cli_temporary_prefect_api_records_every_task_run(tmp_path):
     """The temporary Prefect API batches its task-run writes (flows.prefect_api.RECORDER_BATCHING);
     when the run ends, its database still holds the flow run and every batch task as Completed
     (what the server held is written when it stops)."""
+    import contextlib
     import sqlite3
 
     src = tmp_path / "src"
@@ -239,7 +240,7 @@ def test_cli_temporary_prefect_api_records_every_task_run(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     batches = len(list((tmp_path / "out" / "transcripts").rglob("*.parquet")))
     assert batches >= 5  # one transcripts part per batch task
-    with sqlite3.connect(tmp_path / "prefect-home" / "prefect.db") as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / "prefect-home" / "prefect.db")) as db:
         flow_runs = db.execute("select state_type from flow_run").fetchall()
         task_runs = db.execute("select state_type, count(*) from task_run group by state_type").fetchall()
     assert flow_runs == [("COMPLETED",)]
