@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
+
+import httpx
 
 log = logging.getLogger("bulkscribe.flows")
 
@@ -24,6 +27,10 @@ SUMMARY_FIELDS = ("seen", "transcribed", "skipped", "failed", "not_sent", "defer
 SUMMARY_DESCRIPTION = "bulkscribe run summary"
 _URL_QUERY = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s?#'\"]+)\?[^\s'\"]*", re.IGNORECASE)
 _SHOWN_PER_REASON = 20
+#: Sends of one artifact's POST at most (Prefect's client would send it 6 times).
+_CREATE_TRIES = 5
+#: Answers after which Prefect's client sends a request again (the API busy or restarting).
+_RETRY_STATUS = frozenset({408, 429, 502, 503})
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
@@ -45,9 +52,10 @@ class ProgressArtifact:
     def start(cls, description: str) -> ProgressArtifact:
         from prefect.artifacts import create_progress_artifact
 
+        text = redact(description)
         try:
-            created = create_progress_artifact(progress=0.0, description=redact(description))
-            return cls(created if isinstance(created, UUID) else None)
+            created = create_once("progress", text, lambda: create_progress_artifact(progress=0.0, description=text))
+            return cls(created)
         except Exception as exc:  # noqa: BLE001 - the UI's view of a run is not worth stopping it
             log.debug("no progress artifact: %s", exc)
             return cls(None)
@@ -68,7 +76,8 @@ def publish_summary(values: dict[str, Any], title: str) -> None:
     from prefect.artifacts import create_table_artifact
 
     row = {k: values.get(k, 0) for k in SUMMARY_FIELDS}
-    create_table_artifact(table=[row], description=f"{SUMMARY_DESCRIPTION}: {redact(title)}")
+    text = f"{SUMMARY_DESCRIPTION}: {redact(title)}"
+    create_once("table", text, lambda: create_table_artifact(table=[row], description=text))
 
 
 def publish_failures(failures: list[tuple[str, str]], secrets: Iterable[str] = ()) -> None:
@@ -77,8 +86,52 @@ def publish_failures(failures: list[tuple[str, str]], secrets: Iterable[str] = (
         return
     from prefect.artifacts import create_markdown_artifact
 
-    create_markdown_artifact(markdown=failures_markdown(failures, list(secrets)),
-                             description="bulkscribe failures by reason")
+    markdown, text = failures_markdown(failures, list(secrets)), "bulkscribe failures by reason"
+    create_once("markdown", text, lambda: create_markdown_artifact(markdown=markdown, description=text))
+
+
+def create_once(kind: str, description: str, create: Callable[[], object]) -> UUID | None:
+    """This run's artifact of `kind` and `description`, made at most once.
+
+    Prefect's client sends a POST again when its answer is lost (dropped connection,
+    timeout) and the API makes a new artifact for every POST: a run would show two
+    progress bars or two summaries. So the POST goes out with the client's retries off;
+    after a failure the run's artifacts are read (reads retry as usual) and the POST is
+    sent again only when none of this kind and description is there. A POST still being
+    served when that read comes (it came back by timeout) can still make a second one.
+    """
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    error: Exception | None = None
+    for attempt in range(_CREATE_TRIES):
+        try:
+            with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}):
+                created = create()
+            return created if isinstance(created, UUID) else None
+        except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+            if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code not in _RETRY_STATUS:
+                raise
+            error = exc
+        time.sleep(2**attempt)
+        made = _made_by_this_run(kind, description)
+        if made is not None:
+            return made
+    assert error is not None
+    raise error
+
+
+def _made_by_this_run(kind: str, description: str) -> UUID | None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return None
+    with get_client(sync_client=True) as client:
+        made = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[ctx.flow_run.id]), type=ArtifactFilterType(any_=[kind])))
+    return next((a.id for a in made if a.description == description), None)
 
 
 def failures_markdown(failures: list[tuple[str, str]], secrets: list[str]) -> str:

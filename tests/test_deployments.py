@@ -139,8 +139,10 @@ def test_backfill_over_two_workers_transcribes_each_file_once(api, s3_server):
     assert {s.parameters["shard_index"] for s in shards} == {0, 1, 2, 3}
     assert len({r["run_id"] for r in transcripts}) > 1  # the work was spread over shard runs
     for shard in shards:
-        kinds = Counter(a.type for a in artifacts_of(shard.id))
-        assert kinds["progress"] == 1 and kinds["table"] == 1
+        made = artifacts_of(shard.id)
+        kinds = Counter(a.type for a in made)
+        assert (kinds["progress"], kinds["table"]) == (1, 1), [(a.type, a.created, a.description, a.data)
+                                                               for a in made]
     total = [a for a in artifacts_of(parent.id) if a.type == "table"]
     assert len(total) == 1 and read_summary(total[0].data)["transcribed"] == FILES
 
