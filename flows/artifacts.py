@@ -133,17 +133,23 @@ def _client_retries_off() -> contextlib.AbstractContextManager[object]:
 
 
 def _made_by_this_run(kind: str, description: str) -> UUID | None:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
     from prefect.context import FlowRunContext
 
     ctx = FlowRunContext.get()
     if ctx is None or ctx.flow_run is None:
         return None
+    return next((a.id for a in run_artifacts(ctx.flow_run.id, kind) if a.description == description), None)
+
+
+def run_artifacts(run_id: UUID, kind: str | None = None) -> list[Any]:
+    """A flow run's artifacts (of one type when `kind` is given), as the Prefect API holds them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
+
+    artifact_filter = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]),
+                                     type=ArtifactFilterType(any_=[kind]) if kind else None)
     with get_client(sync_client=True) as client:
-        made = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[ctx.flow_run.id]), type=ArtifactFilterType(any_=[kind])))
-    return next((a.id for a in made if a.description == description), None)
+        return list(client.read_artifacts(artifact_filter=artifact_filter))
 
 
 def failures_markdown(failures: list[tuple[str, str]], secrets: list[str]) -> str:

@@ -38,6 +38,7 @@ from flows.artifacts import (
     publish_summary,
     read_summary,
     redact,
+    run_artifacts,
 )
 from flows.errors import RunAborted
 from flows.preflight import check_storage
@@ -188,17 +189,7 @@ def _mark_crashed(run_id: UUID) -> None:
 
 def _shard_totals(run_id: UUID) -> dict[str, float]:
     """A finished shard's summary, read back from its table artifact."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        ArtifactFilter,
-        ArtifactFilterFlowRunId,
-        ArtifactFilterType,
-    )
-
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]), type=ArtifactFilterType(any_=["table"])))
-    for artifact in artifacts:
+    for artifact in run_artifacts(run_id, "table"):
         if (artifact.description or "").startswith(SUMMARY_DESCRIPTION):
             return read_summary(artifact.data)
     return {k: 0.0 for k in SUMMARY_FIELDS}

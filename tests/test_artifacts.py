@@ -11,17 +11,16 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
+from uuid import UUID
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 from prefect import flow
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from prefect.context import FlowRunContext, SyncClientContext
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.artifacts import ProgressArtifact, publish_summary, read_summary
+from flows.artifacts import ProgressArtifact, publish_summary, read_summary, run_artifacts
 
 
 class _DropFirstAnswer(BaseHTTPRequestHandler):
@@ -73,26 +72,21 @@ def lossy_api(prefect_api) -> Iterator[type[_DropFirstAnswer]]:
         proxy.server_close()
 
 
-def _artifacts(run_id) -> list:
-    with get_client(sync_client=True) as client:
-        return client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
-
-
 @pytest.mark.parametrize("kind", ["table", "progress"])
 def test_artifact_made_once_when_the_answer_is_lost(lossy_api, kind):
     @flow(name="lossy_artifact")
-    def run() -> str:
+    def run() -> UUID:
         # The run's own client talks to the API directly; a client made here goes through the proxy.
         with temporary_settings({PREFECT_API_URL: lossy_api.url}), SyncClientContext(httpx_settings={"timeout": 30.0}):
             if kind == "table":
                 publish_summary({"seen": 3, "transcribed": 2, "failed": 1}, "a -> b")
             else:
                 assert ProgressArtifact.start("a -> b").artifact_id is not None
-        return str(FlowRunContext.get().flow_run.id)
+        return FlowRunContext.get().flow_run.id
 
     run_id = run()
     assert lossy_api.dropped, "the proxy dropped no answer: the test did not test anything"
-    made = [a for a in _artifacts(run_id)]
+    made = run_artifacts(run_id)
     assert [a.type for a in made] == [kind], [(a.type, a.created, a.description) for a in made]
     if kind == "table":
         assert read_summary(made[0].data)["transcribed"] == 2

@@ -21,8 +21,6 @@ import psutil
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
-    ArtifactFilter,
-    ArtifactFilterFlowRunId,
     DeploymentFilter,
     DeploymentFilterName,
     FlowRunFilter,
@@ -32,7 +30,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.artifacts import read_summary
+from flows.artifacts import read_summary, run_artifacts
 from stt.server.launcher import EmbeddedServer
 from tasks import tables
 from tests.conftest import audio_file
@@ -100,11 +98,6 @@ def child_runs(parent: FlowRun) -> list[FlowRun]:
             parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id])))
 
 
-def artifacts_of(run_id) -> list:
-    with get_client(sync_client=True) as client:
-        return client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
-
-
 def test_cron_deployment_creates_scheduled_runs(api):
     """The scheduler (with sqlalchemy<2.1) turns the nightly cron into scheduled flow runs."""
     deadline = time.monotonic() + 90
@@ -139,11 +132,11 @@ def test_backfill_over_two_workers_transcribes_each_file_once(api, s3_server):
     assert {s.parameters["shard_index"] for s in shards} == {0, 1, 2, 3}
     assert len({r["run_id"] for r in transcripts}) > 1  # the work was spread over shard runs
     for shard in shards:
-        made = artifacts_of(shard.id)
+        made = run_artifacts(shard.id)
         kinds = Counter(a.type for a in made)
         assert (kinds["progress"], kinds["table"]) == (1, 1), [(a.type, a.created, a.description, a.data)
                                                                for a in made]
-    total = [a for a in artifacts_of(parent.id) if a.type == "table"]
+    total = [a for a in run_artifacts(parent.id) if a.type == "table"]
     assert len(total) == 1 and read_summary(total[0].data)["transcribed"] == FILES
 
 

@@ -22,7 +22,7 @@ from pydantic import SecretStr, ValidationError
 from config.files import ConfigError
 from config.settings import Settings
 from flows import cli
-from flows.artifacts import failures_markdown, read_summary, redact
+from flows.artifacts import failures_markdown, read_summary, redact, run_artifacts
 from flows.endpoint import check_access
 from flows.progress import Progress
 from flows.shards import ShardPlanError, plan_shards
@@ -141,14 +141,6 @@ def flow_runs() -> list:
         return client.read_flow_runs()
 
 
-def artifacts_of(run_id) -> list:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    with get_client(sync_client=True) as client:
-        return client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
-
-
 def latest_run():
     return max(flow_runs(), key=lambda r: r.created)
 
@@ -164,7 +156,7 @@ def test_some_failed_exit_1_with_artifacts(cli_env, prefect_api, fake_server, tm
     assert "bulkscribe: 4/4 files" in out.err  # the progress line, at the end of the run
     run = latest_run()
     assert run.state.is_completed()
-    kinds = {a.type: a for a in artifacts_of(run.id)}
+    kinds = {a.type: a for a in run_artifacts(run.id)}
     assert set(kinds) == {"progress", "table", "markdown"}
     assert kinds["progress"].data == 100.0
     summary = read_summary(kinds["table"].data)
@@ -224,7 +216,7 @@ def test_no_secret_in_prefect_database_logs_or_artifacts(cli_env, prefect_api, s
     out = capsys.readouterr()
     assert code == 1, out.err
     run = latest_run()
-    stored = [json.dumps(run.parameters), *(str(a.data) + str(a.description) for a in artifacts_of(run.id)),
+    stored = [json.dumps(run.parameters), *(str(a.data) + str(a.description) for a in run_artifacts(run.id)),
               *_logs(run.id), out.out, out.err, *_database_bytes()]
     for text in stored:
         assert key not in text and storage_secret not in text and "AKIDSECRETTEST" not in text
