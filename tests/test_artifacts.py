@@ -11,8 +11,8 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
-from uuid import UUID
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from uuid import UUID
 
 import httpx
 import pytest
