@@ -40,11 +40,15 @@ class PollPolicy:
     """How to poll an asynchronous job: start short, grow, cap, give up at a deadline.
 
     The hosted docs poll every 5 s; short jobs finish in a second or two, long ones take
-    minutes, so a geometric schedule answers both without hammering the API.
+    minutes, so a geometric schedule answers both without hammering the API. Its growth
+    bounds how late a finished job is noticed: with 1.25 a wait is about a quarter of the
+    time already waited (at most half, with the +-20 % jitter, or 2.5 s early on). With 1.6
+    it was about 0.6 of it: a 40 s chunk done in 22 s was collected after 35 s, and the
+    chunks of one file are sent one after another, so a chunked file paid that on every chunk.
     """
 
     first_delay_s: float = 0.5
-    factor: float = 1.6
+    factor: float = 1.25
     max_delay_s: float = 15.0
     deadline_s: float = 3600.0
 

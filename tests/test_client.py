@@ -134,6 +134,18 @@ def test_poll_schedule_starts_short_grows_and_caps():
     assert delays[0] < 1 and delays[-1] <= 4 * 1.2 and delays[-1] >= 4 * 0.8
 
 
+def test_default_poll_schedule_notices_a_finished_job_soon_without_hammering():
+    for _ in range(200):
+        waited, polls = 0.0, 0
+        for delay in PollPolicy().delays():
+            assert delay <= max(2.5, 0.5 * waited), (delay, waited)  # a finished job is seen soon
+            waited += delay
+            polls += 1
+            if waited > 3600:
+                break
+        assert polls < 300  # an hour's job: about one status call every 15 s once it is long
+
+
 # -- against the real embedded server -----------------------------------------------------
 
 
