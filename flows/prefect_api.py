@@ -65,7 +65,7 @@ def temporary_prefect_api(timeout_s: float = 180.0) -> Iterator[str | None]:
            "PREFECT__SERVER_FINAL": "1"}
     cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parent.parent), "--factory",
            "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port), "--log-level",
-           "error", "--lifespan", "on"]
+           "error", "--lifespan", "on", "--timeout-graceful-shutdown", "3"]
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)  # noqa: PLW1509
     url = f"http://127.0.0.1:{port}/api"
     try:

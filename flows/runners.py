@@ -43,7 +43,7 @@ class InterruptibleThreadPoolTaskRunner(ThreadPoolTaskRunner):  # type: ignore[t
 
     def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
         if exc_type is not None and self._executor is not None:
-            self.cancel_all()
+            # Before Prefect's own exit: its cancel_all() shuts the pool down with wait=True.
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
         super().__exit__(exc_type, exc_value, traceback)

@@ -108,12 +108,14 @@ def main(args: argparse.Namespace) -> int:
     problems = preflight(args.source, args.out, settings)
     if problems:
         return _fail(problems)
+    from prefect.exceptions import TerminationSignal
+
     from flows.interrupts import stop_on_sigterm
 
     stop_on_sigterm(TERM_GRACE_S)
     try:
         return _run(args, settings)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, TerminationSignal):  # TerminationSignal: SIGTERM while Prefect's handler is armed
         from flows.interrupts import INTERRUPTED
 
         print(INTERRUPTED, file=sys.stderr)
