@@ -107,9 +107,11 @@ def test_folder_to_parquet_then_idempotent_rerun(prefect_api, server, archive, t
     async def stored_parameters():
         from prefect.client.orchestration import get_client
 
+        params: list[str] = []
         async with get_client() as client:
-            runs = await client.read_flow_runs()
-            return [str(r.parameters) for r in runs]
+            while page := await client.read_flow_runs(limit=200, offset=len(params)):  # every run, not the first 200
+                params += [str(r.parameters) for r in page]
+        return params
 
     params = asyncio.run(stored_parameters())
     assert params and all(server.api_key not in p for p in params)
