@@ -63,6 +63,8 @@ def temporary_prefect_api(timeout_s: float = 180.0) -> Iterator[str | None]:
     port = _free_port()
     env = {**RECORDER_BATCHING, **os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
            "PREFECT__SERVER_FINAL": "1"}
+    # A graceful shutdown of at most 3 s: an interrupted run leaves client connections open,
+    # and uvicorn would wait for them until the CLI's watchdog ends the process (10 s).
     cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parent.parent), "--factory",
            "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port), "--log-level",
            "error", "--lifespan", "on", "--timeout-graceful-shutdown", "3"]
